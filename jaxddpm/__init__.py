@@ -1,0 +1,59 @@
+"""jaxddpm: denoising diffusion (DDPM) in JAX/Flax, verified against the PyTorch original.
+
+The diffusion core is a frozen `Schedule` pytree and pure functions that take it first::
+
+    import jax, jaxddpm as jd
+    schedule = jd.make_schedule("linear", 300)
+    x_t = jd.q_sample(schedule, x0, t, noise)
+"""
+
+from jaxddpm.diffusion import (
+    diffusion_loss,
+    noise_mse,
+    p_mean,
+    p_sample_step,
+    predict_x0_from_eps,
+    q_posterior,
+    q_sample,
+    sample,
+)
+from jaxddpm.model import BatchNorm, ConvBlock, SimpleUNet, conv_transpose_4x4_s2, sinusoidal_embedding
+from jaxddpm.schedule import BETA_SCHEDULES, Schedule, extract, make_schedule
+from jaxddpm.train import (
+    TrainState,
+    apply_update,
+    create_train_state,
+    ema_update,
+    jit_train_step,
+    make_optimizer,
+    train_step,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "BatchNorm",
+    "ConvBlock",
+    "Schedule",
+    "SimpleUNet",
+    "TrainState",
+    "apply_update",
+    "conv_transpose_4x4_s2",
+    "create_train_state",
+    "diffusion_loss",
+    "ema_update",
+    "extract",
+    "jit_train_step",
+    "make_optimizer",
+    "make_schedule",
+    "noise_mse",
+    "p_mean",
+    "p_sample_step",
+    "predict_x0_from_eps",
+    "q_posterior",
+    "q_sample",
+    "sample",
+    "sinusoidal_embedding",
+    "train_step",
+]

@@ -1,0 +1,211 @@
+"""The article's SimpleUNet as a Flax Linen module (NHWC).
+
+Module and parameter names mirror the PyTorch model's attribute names (``down_blocks_0``
+for ``down_blocks.0`` and so on) so that weights convert by a fixed table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+UPSAMPLE_IMPLS = ("subpixel", "phases", "dilated")
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int, dtype: Dtype = jnp.float32) -> jax.Array:
+    """Sinusoidal timestep embedding: ``[sin(t * f_k), cos(t * f_k)]``.
+
+    The frequencies are ``f_k = exp(-k * log(10000) / (dim // 2 - 1))`` for k < dim // 2.
+    They are computed in float64 and rounded once to ``dtype``.
+    """
+    half = dim // 2
+    if half < 2:
+        raise ValueError(f"embedding dim must be at least 4, got {dim}")
+    freqs = np.exp(np.arange(half, dtype=np.float64) * -(math.log(10000.0) / (half - 1)))
+    angles = t.astype(dtype)[:, None] * jnp.asarray(freqs, dtype=dtype)[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over N, H, W with PyTorch's conventions.
+
+    ``momentum`` is PyTorch's (weight of the new batch statistic), the batch variance used
+    for normalising is the biased one, and the running variance is updated with the
+    unbiased one (times n / (n - 1)), as ``torch.nn.BatchNorm2d`` does. Variables are
+    named like Flax's: params ``scale``/``bias``, batch_stats ``mean``/``var``.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), self.param_dtype))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), self.param_dtype))
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            # Statistics in at least float32, whatever the compute dtype.
+            xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            mean = jnp.mean(xs, axis=axes, keepdims=True)
+            var = jnp.mean(jnp.square(xs - mean), axis=axes)
+            mean = mean.reshape(features)
+            if not self.is_initializing():
+                n = math.prod(x.shape[:-1])
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                ra_mean.value = ((1 - m) * ra_mean.value + m * mean).astype(self.param_dtype)
+                ra_var.value = ((1 - m) * ra_var.value + m * unbiased).astype(self.param_dtype)
+        else:
+            mean, var = ra_mean.value, ra_var.value
+
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias - mean * mul
+        as_channels = (1,) * (x.ndim - 1) + (features,)
+        mul, shift = mul.reshape(as_channels).astype(self.dtype), shift.reshape(as_channels).astype(self.dtype)
+        return (x.astype(self.dtype) * mul + shift).astype(self.dtype)
+
+
+# Sub-pixel form of a 4x4, stride-2, padding-1 transposed convolution. Output row 2m + a
+# reads input rows m - 1 + a and m + a through kernel rows 3 - a and 1 - a. On the input
+# padded by one, all four output phases are one 3x3 convolution whose kernel at
+# (row r, col c, phase a, b) is the transposed kernel at (3 + a - 2r, 3 + b - 2c), or zero
+# where r - a or c - b is outside {0, 1}.
+def _subpixel_gather() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = np.zeros((3, 3, 2, 2), np.int32)
+    cols = np.zeros((3, 3, 2, 2), np.int32)
+    mask = np.zeros((3, 3, 2, 2), np.float32)
+    for r in range(3):
+        for c in range(3):
+            for a in range(2):
+                for b in range(2):
+                    if 0 <= r - a <= 1 and 0 <= c - b <= 1:
+                        rows[r, c, a, b] = 3 + a - 2 * r
+                        cols[r, c, a, b] = 3 + b - 2 * c
+                        mask[r, c, a, b] = 1.0
+    return rows, cols, mask
+
+
+_SUBPIXEL_ROWS, _SUBPIXEL_COLS, _SUBPIXEL_MASK = _subpixel_gather()
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "subpixel") -> jax.Array:
+    """PyTorch's ``conv_transpose2d(x, w, stride=2, padding=1)`` for 4x4 kernels, NHWC.
+
+    ``kernel`` has shape (4, 4, in, out), i.e. the PyTorch weight (in, out, 4, 4)
+    transposed by (2, 3, 0, 1). ``impl="dilated"`` convolves the zero-dilated input with
+    the flipped kernel; ``impl="subpixel"`` computes the four output phases as one 3x3
+    convolution followed by depth-to-space. Both give the same result.
+    """
+    n, h, w, _ = x.shape
+    c_out = kernel.shape[-1]
+    if impl == "dilated":
+        return jax.lax.conv_general_dilated(
+            x, kernel[::-1, ::-1], (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=_NHWC
+        )
+    if impl == "phases":
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        rows = []
+        for a in range(2):
+            cols = []
+            for b in range(2):
+                k_ab = kernel[np.array([3 - a, 1 - a])][:, np.array([3 - b, 1 - b])]
+                window = xp[:, a : a + h + 1, b : b + w + 1]
+                cols.append(jax.lax.conv_general_dilated(window, k_ab, (1, 1), "VALID", dimension_numbers=_NHWC))
+            rows.append(jnp.stack(cols, axis=3))
+        return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, c_out)
+    if impl != "subpixel":
+        raise ValueError(f"upsample impl {impl!r} is unknown; allowed: {', '.join(UPSAMPLE_IMPLS)}")
+    k3 = kernel[_SUBPIXEL_ROWS, _SUBPIXEL_COLS] * jnp.asarray(_SUBPIXEL_MASK, kernel.dtype)[..., None, None]
+    # (3, 3, a, b, in, out) -> (3, 3, in, a, b, out)
+    k3 = k3.transpose(0, 1, 4, 2, 3, 5).reshape(3, 3, -1, 4 * c_out)
+    y = jax.lax.conv_general_dilated(x, k3, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
+    y = y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, c_out)
+
+
+class ConvTranspose4x4(nn.Module):
+    """A 4x4, stride-2, padding-1 transposed convolution that doubles H and W."""
+
+    features: int
+    impl: str = "subpixel"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (4, 4, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        y = conv_transpose_4x4_s2(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+        return y + bias.astype(self.dtype).reshape(1, 1, 1, self.features)
+
+
+class ConvBlock(nn.Module):
+    """conv3x3-ReLU-BN, add the projected time embedding, conv3x3-ReLU-BN, resample by 2."""
+
+    features: int
+    upsample: bool = False
+    upsample_impl: str = "subpixel"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t_emb: jax.Array, train: bool) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        pad1 = ((1, 1), (1, 1))
+        h = nn.Conv(self.features, (3, 3), padding=pad1, name="conv1", **kw)(x)
+        h = BatchNorm(name="bn1", **kw)(nn.relu(h), train)
+        time_emb = nn.relu(nn.Dense(self.features, name="time_mlp", **kw)(t_emb))
+        h = h + time_emb[:, None, None, :]
+        h = nn.Conv(self.features, (3, 3), padding=pad1, name="conv2", **kw)(h)
+        h = BatchNorm(name="bn2", **kw)(nn.relu(h), train)
+        if self.upsample:
+            return ConvTranspose4x4(self.features, self.upsample_impl, name="transform", **kw)(h)
+        return nn.Conv(self.features, (4, 4), strides=(2, 2), padding=pad1, name="transform", **kw)(h)
+
+
+class SimpleUNet(nn.Module):
+    """The article's U-Net noise predictor ``eps(x_t, t)``.
+
+    ``channels`` are the widths of the down path (the up path mirrors them); each of the
+    ``len(channels) - 1`` levels halves H and W, so image sizes must be divisible by
+    ``2 ** (len(channels) - 1)``. The defaults give the article's 62,438,883 parameters.
+    """
+
+    channels: Sequence[int] = (64, 128, 256, 512, 1024)
+    out_channels: int = 3
+    time_emb_dim: int = 32
+    upsample_impl: str = "subpixel"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        t_emb = sinusoidal_embedding(t_B, self.time_emb_dim, self.dtype)
+        t_emb = nn.relu(nn.Dense(self.time_emb_dim, name="time_mlp", **kw)(t_emb))
+
+        x = nn.Conv(self.channels[0], (3, 3), padding=((1, 1), (1, 1)), name="init_conv", **kw)(x_BxHxWxC)
+        skips = []
+        for i, features in enumerate(self.channels[1:]):
+            x = ConvBlock(features, name=f"down_blocks_{i}", **kw)(x, t_emb, train)
+            skips.append(x)
+        up_channels = tuple(reversed(self.channels))
+        for i, features in enumerate(up_channels[1:]):
+            x = jnp.concatenate([x, skips.pop()], axis=-1)
+            block = ConvBlock(features, upsample=True, upsample_impl=self.upsample_impl, name=f"up_blocks_{i}", **kw)
+            x = block(x, t_emb, train)
+        return nn.Conv(self.out_channels, (1, 1), name="final_conv", **kw)(x)

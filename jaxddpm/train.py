@@ -1,0 +1,126 @@
+"""Train state, the compiled training step, and multi-step training on a resident dataset."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxddpm import diffusion
+from jaxddpm.schedule import Schedule
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. A pytree; checkpointed as a whole."""
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+    ema_params: PyTree
+
+
+def make_optimizer(learning_rate: float = 1e-3, grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+    """Adam with the article's learning rate (PyTorch's defaults for betas and epsilon)."""
+    adam = optax.adam(learning_rate)
+    if grad_clip_norm:
+        return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adam)
+    return adam
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, int, int]
+) -> TrainState:
+    """Initialise parameters, BatchNorm statistics, optimizer state and EMA for HxWxC images."""
+    x = jnp.zeros((1, *image_shape), model.param_dtype)
+    variables = model.init(key, x, jnp.zeros((1,), jnp.int32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params),
+    )
+
+
+def ema_update(ema: PyTree, params: PyTree, decay: float) -> PyTree:
+    """``decay * ema + (1 - decay) * params`` leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema, params)
+
+
+def draw_timesteps_and_noise(
+    key: jax.Array, x0: jax.Array, num_timesteps: int
+) -> tuple[jax.Array, jax.Array]:
+    """Uniform integer timesteps in [0, T) and standard normal noise shaped like ``x0``."""
+    t_key, n_key = jax.random.split(key)
+    t = jax.random.randint(t_key, (x0.shape[0],), 0, num_timesteps, dtype=jnp.int32)
+    return t, jax.random.normal(n_key, x0.shape, x0.dtype)
+
+
+def apply_update(
+    state: TrainState,
+    x0: jax.Array,
+    t: jax.Array,
+    noise: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    ema_decay: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step for given x0, timesteps and noise. Deterministic."""
+
+    def loss_fn(params):
+        x_t = diffusion.q_sample(schedule, x0, t, noise)
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        eps, updates = model.apply(variables, x_t, t, train=True, mutable=["batch_stats"])
+        return diffusion.noise_mse(noise, eps), updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        ema_params=ema_update(state.ema_params, params, ema_decay),
+    )
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def train_step(
+    state: TrainState,
+    batch: jax.Array,
+    key: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    ema_decay: float = 0.999,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One training step on a batch of images in [-1, 1].
+
+    ``key`` is the run's key; the step's timesteps and noise come from it folded with the
+    step counter, so a resumed run draws exactly what an uninterrupted one would.
+    """
+    step_key = jax.random.fold_in(key, state.step)
+    t, noise = draw_timesteps_and_noise(step_key, batch, schedule.num_timesteps)
+    return apply_update(state, batch, t, noise, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay)
+
+
+def jit_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, schedule: Schedule, ema_decay: float
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """`train_step` compiled once, with the state's buffers donated."""
+    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay)
+    return jax.jit(step, donate_argnums=0)

@@ -1,0 +1,5 @@
+import sys
+
+from parity.report import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxddpm as jd
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return jd.make_schedule()
+
+
+def test_q_sample_moments_over_many_draws(schedule):
+    n = 200_000
+    x0 = jnp.array([0.7, -0.3])[None, :, None, None] * jnp.ones((n, 2, 1, 1))
+    t = jnp.full((n,), 150)
+    x_t = jd.q_sample(schedule, x0, t, jax.random.normal(jax.random.key(0), x0.shape))
+    mean, var = np.asarray(x_t.mean(0))[:, 0, 0], np.asarray(x_t.var(0))[:, 0, 0]
+    a = float(schedule.sqrt_alphas_cumprod[150])
+    np.testing.assert_allclose(mean, a * np.array([0.7, -0.3]), atol=5 * np.sqrt(1 / n))
+    np.testing.assert_allclose(var, 1 - a**2, rtol=0.02)
+
+
+def test_predict_x0_from_eps_inverts_q_sample(schedule):
+    k1, k2 = jax.random.split(jax.random.key(1))
+    x0 = jax.random.uniform(k1, (4, 8, 8, 3), minval=-1, maxval=1)
+    noise = jax.random.normal(k2, x0.shape)
+    t = jnp.array([0, 5, 150, 299])
+    x_t = jd.q_sample(schedule, x0, t, noise)
+    chex.assert_trees_all_close(jd.predict_x0_from_eps(schedule, x_t, t, noise), x0, atol=2e-4)
+
+
+def test_posterior_mean_given_true_x0_equals_reverse_mean_given_true_eps(schedule):
+    """With the true noise, the DDPM reverse mean is the posterior mean."""
+    k1, k2 = jax.random.split(jax.random.key(2))
+    x0 = jax.random.uniform(k1, (3, 4, 4, 1), minval=-1, maxval=1)
+    noise = jax.random.normal(k2, x0.shape)
+    t = jnp.array([1, 100, 299])
+    x_t = jd.q_sample(schedule, x0, t, noise)
+    mean, _, _ = jd.q_posterior(schedule, x0, x_t, t)
+    chex.assert_trees_all_close(jd.p_mean(schedule, noise, x_t, t), mean, atol=1e-5)
+
+
+def test_p_sample_step_adds_no_noise_at_t0(schedule):
+    x = jnp.ones((2, 4, 4, 3))
+    eps = 0.5 * x
+    t = jnp.array([0, 0])
+    a = jd.p_sample_step(schedule, eps, x, t, jnp.zeros_like(x))
+    b = jd.p_sample_step(schedule, eps, x, t, 100.0 * jnp.ones_like(x))
+    chex.assert_trees_all_equal(a, b)
+
+
+def test_p_sample_step_adds_posterior_std_noise_elsewhere(schedule):
+    x = jnp.ones((2, 4, 4, 3))
+    t = jnp.array([0, 10])
+    noise = jnp.ones_like(x)
+    moved = jd.p_sample_step(schedule, 0 * x, x, t, noise) - jd.p_sample_step(schedule, 0 * x, x, t, 0 * noise)
+    np.testing.assert_allclose(moved[0], 0.0)
+    # The difference of two order-1 float32 values: exact to about one ulp of 1.0.
+    np.testing.assert_allclose(moved[1], np.sqrt(schedule.posterior_variance[10]), rtol=0, atol=2.4e-7)
+
+
+def test_loss_is_mse_of_noise_prediction(schedule):
+    x0 = jnp.zeros((2, 2, 2, 1))
+    noise = jnp.ones_like(x0)
+    loss = jd.diffusion_loss(schedule, lambda x_t, t: 0.5 * noise, x0, jnp.array([3, 4]), noise)
+    assert float(loss) == pytest.approx(0.25)
+
+
+def test_functions_are_vmap_safe(schedule):
+    x0 = jnp.ones((5, 4, 4, 1))
+    t = jnp.arange(5)
+    noise = jnp.full(x0.shape, 0.3)
+    batched = jd.q_sample(schedule, x0, t, noise)
+    per_example = jax.vmap(lambda x, t_, n: jd.q_sample(schedule, x[None], t_[None], n[None])[0])(x0, t, noise)
+    chex.assert_trees_all_close(batched, per_example)
+
+
+def _toy_eps(x, t):
+    return 0.1 * x + 0.001 * t[:, None, None, None].astype(x.dtype)
+
+
+def test_sample_shape_finite_and_traces_once():
+    schedule = jd.make_schedule(num_timesteps=20)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(key):
+        return jd.sample(schedule, _toy_eps, key, (3, 8, 8, 2))
+
+    for seed in range(3):
+        x = run(jax.random.key(seed))
+        assert x.shape == (3, 8, 8, 2)
+        assert bool(jnp.all(jnp.isfinite(x)))
+
+
+def test_sample_is_one_scan_not_a_host_loop():
+    schedule = jd.make_schedule(num_timesteps=20)
+    calls = []
+
+    def eps(x, t):
+        calls.append(1)  # runs once per trace, never per step
+        return _toy_eps(x, t)
+
+    jax.jit(lambda k: jd.sample(schedule, eps, k, (1, 4, 4, 1)))(jax.random.key(0))
+    assert len(calls) == 1
+
+
+def test_sample_trajectory_records_requested_steps():
+    schedule = jd.make_schedule(num_timesteps=20)
+    key = jax.random.key(3)
+    final, traj = jax.jit(lambda k: jd.sample(schedule, _toy_eps, k, (2, 4, 4, 1), trajectory_steps=(20, 10, 0)))(key)
+    assert traj.shape == (3, 2, 4, 4, 1)
+    chex.assert_trees_all_equal(traj[2], final)
+    init_key, _ = jax.random.split(key)
+    chex.assert_trees_all_equal(traj[0], jax.random.normal(init_key, (2, 4, 4, 1)))
+    assert not np.allclose(traj[1], traj[0])
+
+
+def test_sample_matches_a_python_loop_of_steps():
+    schedule = jd.make_schedule(num_timesteps=10)
+    key = jax.random.key(4)
+    shape = (2, 4, 4, 1)
+    init_key, step_key = jax.random.split(key)
+    x = jax.random.normal(init_key, shape)
+    for i in reversed(range(10)):
+        t = jnp.full((2,), i)
+        x = jd.p_sample_step(schedule, _toy_eps(x, t), x, t, jax.random.normal(jax.random.fold_in(step_key, i), shape))
+    chex.assert_trees_all_close(jd.sample(schedule, _toy_eps, key, shape), x, atol=1e-6)
+
+
+def test_sample_rejects_trajectory_steps_out_of_range():
+    with pytest.raises(ValueError, match="trajectory step 11 is outside"):
+        jd.sample(jd.make_schedule(num_timesteps=10), _toy_eps, jax.random.key(0), (1, 2, 2, 1), trajectory_steps=[11])

@@ -1,0 +1,99 @@
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxddpm as jd
+from jaxddpm.model import UPSAMPLE_IMPLS
+
+TINY = dict(channels=(4, 8, 16), out_channels=3, time_emb_dim=8)
+
+
+def count(tree):
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def test_full_model_has_the_articles_parameter_count():
+    model = jd.SimpleUNet()
+    variables = jax.eval_shape(
+        lambda x, t: model.init(jax.random.key(0), x, t, train=False),
+        jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+        jax.ShapeDtypeStruct((1,), jnp.int32),
+    )
+    assert count(variables["params"]) == 62_438_883
+
+
+@pytest.mark.parametrize("impl", UPSAMPLE_IMPLS)
+def test_tiny_model_output_shape_equals_input_shape(impl):
+    model = jd.SimpleUNet(**TINY, upsample_impl=impl)
+    x = jnp.ones((2, 16, 16, 3))
+    t = jnp.array([0, 299])
+    variables = model.init(jax.random.key(0), x, t, train=False)
+    y, updates = model.apply(variables, x, t, train=True, mutable=["batch_stats"])
+    assert y.shape == x.shape
+    assert model.apply(variables, x, t, train=False).shape == x.shape
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+
+
+def test_upsample_implementations_agree():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, (2, 5, 7, 6))
+    kernel = jax.random.normal(k2, (4, 4, 6, 5))
+    outs = [jd.conv_transpose_4x4_s2(x, kernel, impl) for impl in UPSAMPLE_IMPLS]
+    for out in outs:
+        assert out.shape == (2, 10, 14, 5)
+        chex.assert_trees_all_close(out, outs[0], atol=1e-5)
+
+
+def test_conv_transpose_matches_a_scatter_definition():
+    """y[2i - 1 + a, 2j - 1 + b] += x[i, j] @ K[a, b], cropped to 2H x 2W."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 4, 2))
+    k = rng.standard_normal((4, 4, 2, 3))
+    full = np.zeros((1, 3 * 2 + 2, 4 * 2 + 2, 3))
+    for i in range(3):
+        for j in range(4):
+            for a in range(4):
+                for b in range(4):
+                    full[0, 2 * i + a, 2 * j + b] += x[0, i, j] @ k[a, b]
+    expected = full[:, 1:-1, 1:-1]
+    for impl in UPSAMPLE_IMPLS:
+        got = jd.conv_transpose_4x4_s2(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32), impl)
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=impl)
+
+
+def test_sinusoidal_embedding_formula():
+    t = jnp.array([0, 1, 7, 299])
+    emb = jd.sinusoidal_embedding(t, 32)
+    assert emb.shape == (4, 32)
+    half = 16
+    for row, tv in zip(np.asarray(emb), [0, 1, 7, 299]):
+        freqs = [math.exp(-k * math.log(10000) / (half - 1)) for k in range(half)]
+        expected = [math.sin(tv * f) for f in freqs] + [math.cos(tv * f) for f in freqs]
+        np.testing.assert_allclose(row, expected, atol=5e-5)
+
+
+def test_batchnorm_follows_pytorch_conventions():
+    bn = jd.BatchNorm(momentum=0.1)
+    x = jax.random.normal(jax.random.key(0), (4, 3, 3, 2)) * 3 + 1
+    variables = bn.init(jax.random.key(1), x, train=True)
+    chex.assert_trees_all_equal(variables["batch_stats"]["mean"], jnp.zeros(2))  # init does not update
+    y, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    flat = np.asarray(x).reshape(-1, 2)
+    n = flat.shape[0]
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * flat.var(0) * n / (n - 1), rtol=1e-5)
+    normalised = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, 2), normalised, atol=1e-5)
+
+
+def test_model_runs_in_bfloat16_with_float32_params():
+    model = jd.SimpleUNet(**TINY, dtype=jnp.bfloat16)
+    x = jnp.ones((2, 16, 16, 3))
+    variables = model.init(jax.random.key(0), x, jnp.array([1, 2]), train=False)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+    y, _ = model.apply(variables, x, jnp.array([1, 2]), train=True, mutable=["batch_stats"])
+    assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y)))
