@@ -1,22 +1,124 @@
-"""The ``jaxddpm`` command line. Each subcommand parses its flags and calls the library."""
+"""The ``jaxddpm`` command line. Each subcommand parses its flags and calls the library.
+
+Errors a user can fix print one line and exit 2 (bad usage, config or data) or 1 (a
+failure while running); no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+USAGE_ERROR, RUNTIME_ERROR = 2, 1
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}".splitlines()[0], file=sys.stderr)
+    return code
+
+
+def _split_overrides(rest: list[str]) -> dict[str, str]:
+    """``--config.a.b=v`` or ``--config.a.b v`` pairs -> {"a.b": "v"}."""
+    overrides, i = {}, 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("--config."):
+            raise ValueError(f"unrecognised argument {arg!r}; overrides look like --config.section.field=value")
+        key, eq, value = arg[len("--config.") :].partition("=")
+        if not eq:
+            if i + 1 >= len(rest):
+                raise ValueError(f"{arg} needs a value")
+            i, value = i + 1, rest[i + 1]
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
+def _train(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="jaxddpm train", description="Train a diffusion model (resumes automatically).")
+    parser.add_argument("--config", default="quickstart", help="a shipped config name or a path to a .py file (default: quickstart)")
+    parser.add_argument("--workdir", help="where checkpoints, logs and samples go (default: runs/<config name>)")
+    args, rest = parser.parse_known_args(argv)
+
+    from jaxddpm import config as config_lib
+    from jaxddpm.data import DataError
+
+    try:
+        overrides = _split_overrides(rest)
+        config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+        config_lib.validate(config)
+    except (ValueError, config_lib.ConfigError) as e:
+        return _fail(str(e), USAGE_ERROR)
+    workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    print(f"config {args.config}, workdir {workdir}:\n{config_lib.to_json(config)}", flush=True)
+
+    from jaxddpm.trainer import train_and_evaluate
+
+    try:
+        train_and_evaluate(config, workdir)
+    except (config_lib.ConfigError, DataError) as e:
+        return _fail(str(e), USAGE_ERROR)
+    except FloatingPointError as e:
+        return _fail(str(e), RUNTIME_ERROR)
+    except OSError as e:
+        return _fail(f"{e.strerror or e} ({e.filename or workdir})", RUNTIME_ERROR)
+    return 0
+
+
+def _sample(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="jaxddpm sample", description="Sample from a workdir's latest checkpoint (EMA parameters).")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="PNG path (default: WORKDIR/samples/sample_step<N>_seed<S>.png); an .npz is written beside it")
+    args = parser.parse_args(argv)
+    if args.num <= 0:
+        return _fail(f"--num must be positive, got {args.num}", USAGE_ERROR)
+
+    from jaxddpm.checkpoint import CheckpointError
+    from jaxddpm.generate import sample_workdir
+
+    try:
+        png, npz = sample_workdir(args.workdir, args.num, args.seed, args.out)
+    except (CheckpointError, FileExistsError) as e:
+        return _fail(str(e), USAGE_ERROR)
+    except OSError as e:
+        return _fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
+    print(f"wrote {png} and {npz}")
+    return 0
 
 
 def _parity(argv: list[str]) -> int:
     try:
         from parity.report import main
     except ImportError as e:
-        print(f"error: jaxddpm parity needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", file=sys.stderr)
-        return 2
+        return _fail(f"jaxddpm parity needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
+    return main(argv)
+
+
+def _convert(argv: list[str]) -> int:
+    try:
+        from parity.workdirs import main
+    except ImportError as e:
+        return _fail(f"jaxddpm convert needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
+    return main(argv)
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        from parity.bench import main
+    except ImportError as e:
+        return _fail(f"jaxddpm bench needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
     return main(argv)
 
 
 COMMANDS = {
+    "train": ("train a model (default config: quickstart); resumes from the workdir", _train),
+    "sample": ("sample from a workdir's latest checkpoint", _sample),
+    "convert": ("convert weights between the article's PyTorch model and a jaxddpm workdir", _convert),
     "parity": ("check jaxddpm against the PyTorch reference (python -m parity)", _parity),
+    "bench": ("time jaxddpm against the PyTorch reference on this device", _bench),
 }
 
 
@@ -27,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         usage += "".join(f"  {name:<8} {help_}\n" for name, (help_, _) in COMMANDS.items())
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
-            print(usage, file=sys.stderr, end="")
-            return 2
+            return USAGE_ERROR
         print(usage, end="")
-        return 0 if argv else 2
+        return 0 if argv else USAGE_ERROR
     return COMMANDS[argv[0]][1](argv[1:])
 
 

@@ -48,7 +48,7 @@ class Sizes:
     num_timesteps: int = 300
 
 
-FULL = Sizes(channels=(64, 128, 256, 512, 1024), image_size=64)
+FULL = Sizes(channels=(64, 128, 256, 512, 1024), image_size=64, batch=4)
 SMALL = Sizes(channels=(8, 16, 32), image_size=16, time_emb_dim=16, batch=4)
 
 
@@ -77,14 +77,21 @@ def precision(float64: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = saved[4]
 
 
-def compare(name: str, ours, theirs, tolerance: float, relative: bool = False) -> CheckResult:
-    """Max |diff| and max |diff| / max |reference|; pass on the chosen one <= tolerance."""
+def compare(name: str, ours, theirs, tolerance: float, relative: bool = False, norm: bool = False) -> CheckResult:
+    """Max |diff| and a relative difference; pass on the chosen one <= tolerance.
+
+    The relative difference is max |diff| / max |reference|, or with ``norm`` the
+    Frobenius norm of the difference over that of the reference.
+    """
     a = np.asarray(ours, dtype=np.float64)
     b = _np(theirs).astype(np.float64)
     if a.shape != b.shape:
         return CheckResult(f"{name} (shape {a.shape} vs {b.shape})", math.inf, math.inf, tolerance, False)
     diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-    rel = diff / max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-30)
+    if norm:
+        rel = float(np.linalg.norm(a - b)) / max(float(np.linalg.norm(b)), 1e-30)
+    else:
+        rel = diff / max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-30)
     ok = bool(np.isfinite(diff)) and (rel if relative else diff) <= tolerance
     return CheckResult(name, diff, rel, tolerance, ok)
 
@@ -299,7 +306,21 @@ def _batches(s: Setup) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 def check_training(s: Setup, learning_rate: float = 1e-3) -> list[CheckResult]:
-    batches = _batches(s)
+    """N Adam steps on the same batches: loss, weights and running statistics per step.
+
+    float64: every step, every tensor, to 1e-10 in relative norm. (Adam divides each
+    gradient element by its own magnitude, so an element whose gradient is tiny carries
+    the absolute float64 noise of its tensor as a relative error into its update; the
+    tensor's relative norm is the measure that does not depend on such elements.)
+    float32: Adam's first update is
+    lr * grad / (|grad| + eps), about lr * sign(grad), so weights whose gradient is pure
+    float32 noise move either way, and from there the two trajectories drift apart
+    (PARITY-NOTES.md). float32 therefore judges step 1 only: its loss, the share of
+    weights whose update differs by more than lr / 2 (at most 1e-3), and the running
+    statistics; the trajectory beyond step 1 is checked in float64.
+    """
+    num_steps = s.num_train_steps if s.float64 else 1
+    batches = _batches(s)[:num_steps]
     model = _copy_torch_model(s).train()
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
     tx = train.make_optimizer(learning_rate)
@@ -310,7 +331,7 @@ def check_training(s: Setup, learning_rate: float = 1e-3) -> list[CheckResult]:
     )
     update = jax.jit(lambda st, x0, t, n: train.apply_update(
         st, x0, t, n, model=s.model, tx=tx, schedule=s.schedule, ema_decay=0.999))
-    start = {k: _np(v).astype(np.float64) for k, v in model.state_dict().items()}
+    start = {k: _np(v).astype(np.float64) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     results = []
     for i, (x0, t, noise) in enumerate(batches, start=1):
         opt.zero_grad()
@@ -318,33 +339,28 @@ def check_training(s: Setup, learning_rate: float = 1e-3) -> list[CheckResult]:
         loss.backward()
         opt.step()
         state, metrics = update(state, jnp.asarray(x0), jnp.asarray(t), jnp.asarray(noise))
-        results.append(compare(f"step {i}: loss", metrics["loss"], loss, s.tol("loss") if s.float64 else 1e-5, relative=True))
+        results.append(compare(f"step {i}: loss", metrics["loss"], loss, s.tol("loss"), relative=True))
         ours = to_torch_layout_tree({"params": state.params, "batch_stats": state.batch_stats})
         theirs = {k: _np(v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-        results += _compare_trajectory(s, i, ours, theirs, start)
+        if s.float64:
+            results += [compare(f"step {i}: {k}", ours[k], theirs[k], s.tol("grad"), relative=True, norm=True) for k in theirs]
+        else:
+            results += _compare_first_adam_step(s, ours, theirs, start, learning_rate)
     return results
 
 
-def _compare_trajectory(s: Setup, step: int, ours, theirs, start) -> list[CheckResult]:
-    """Parameters and running statistics after a step.
-
-    float64: every tensor to 1e-10 relative. float32: Adam's first steps move each weight by
-    about lr * sign(grad), so weights whose gradient is float32 noise may move the other
-    way; the whole state is judged by the norm of the difference over the norm of the
-    change the step made (and the running statistics elementwise).
-    """
-    if s.float64:
-        return [compare(f"step {step}: {k}", ours[k], theirs[k], s.tol("grad"), relative=True) for k in theirs]
+def _compare_first_adam_step(s: Setup, ours, theirs, start, learning_rate: float) -> list[CheckResult]:
     stats = [k for k in theirs if ".running_" in k]
     weights = [k for k in theirs if k not in stats]
-    diff = math.sqrt(sum(float(np.sum((ours[k] - theirs[k]) ** 2)) for k in weights))
-    moved = math.sqrt(sum(float(np.sum((theirs[k] - start[k]) ** 2)) for k in weights))
-    max_abs = max(float(np.max(np.abs(ours[k] - theirs[k]))) for k in weights)
-    rel = diff / max(moved, 1e-30)
-    results = [CheckResult(f"step {step}: all weights (|diff| / |update|)", max_abs, rel, s.tol("grad"), rel <= s.tol("grad"))]
+    delta_ours = np.concatenate([(ours[k] - start[k]).ravel() for k in weights])
+    delta_theirs = np.concatenate([(theirs[k] - start[k]).ravel() for k in weights])
+    gap = np.abs(delta_ours - delta_theirs)
+    share = float(np.mean(gap > learning_rate / 2))
+    tolerance = 1e-3
+    results = [CheckResult("step 1: share of weights updated differently (> lr/2)", float(gap.max()), share, tolerance, share <= tolerance)]
     stat_ours = np.concatenate([ours[k].ravel() for k in stats])
     stat_theirs = np.concatenate([theirs[k].ravel() for k in stats])
-    results.append(compare(f"step {step}: BatchNorm running stats", stat_ours, stat_theirs, s.tol("train"), relative=True))
+    results.append(compare("step 1: BatchNorm running stats", stat_ours, stat_theirs, s.tol("train"), relative=True))
     return results
 
 

@@ -19,7 +19,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
     parser.add_argument("--torch-checkpoint", metavar="FILE", help="article-model state_dict (torch.save) to check instead of a random init")
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="model size (default: the article's full model)")
-    parser.add_argument("--steps", type=int, default=3, help="Adam steps in the training check (default 3)")
+    parser.add_argument("--steps", type=int, default=3, help="Adam steps in the training check (default 3; float32 judges step 1, see --float64)")
     parser.add_argument("--only", nargs="+", choices=list(checks.CHECKS), help="run only these checks")
     parser.add_argument("--seed", type=int, default=0)
     return parser

@@ -1,0 +1,73 @@
+"""Orbax checkpoints of the whole `TrainState`, one directory per step under ``checkpoints/``.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a step
+directory that exists is whole. A step that still fails to restore (damaged on disk) is
+skipped with a warning, never deleted, and the next older one is tried.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import flax.serialization
+import jax
+import orbax.checkpoint as ocp
+
+from jaxddpm.train import TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one is needed."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep,
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def has_checkpoints(workdir: str) -> bool:
+    directory = checkpoint_dir(workdir)
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, Any]) -> None:
+    step = int(jax.device_get(state.step))
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+            metadata=ocp.args.JsonSave(dict(metadata, step=step)),
+        ),
+        force=True,
+    )
+    manager.wait_until_finished()
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: TrainState) -> tuple[TrainState, dict] | None:
+    """The newest checkpoint that restores into ``target``'s structure, or None if none."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, flax.serialization.to_state_dict(target))
+    manager.reload()
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()),
+            )
+        except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
+            warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one")
+            continue
+        return flax.serialization.from_state_dict(target, restored["state"]), dict(restored["metadata"])
+    return None

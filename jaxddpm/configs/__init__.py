@@ -1,0 +1,1 @@
+"""Shipped configurations; each module has ``get_config() -> ml_collections.ConfigDict``."""

@@ -1,0 +1,50 @@
+"""Fields every configuration has, with the article's values where it gives them."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"  # tfds | digits | folder
+    c.data.name = "oxford_flowers102"  # TFDS dataset name
+    c.data.splits = "train+validation+test"  # TFDS splits to concatenate
+    c.data.data_dir = ""  # prepared TFDS directory ('' = TFDS default)
+    c.data.download = True  # let TFDS download and prepare when the data is missing
+    c.data.path = ""  # image folder, for source=folder
+    c.data.image_size = 64  # images are resized (not cropped) to image_size x image_size
+    c.data.channels = 3  # 3 = RGB, 1 = greyscale
+    c.data.random_flip = True  # random horizontal flip, drawn on the device per step
+    c.data.cache_dir = ""  # where decoded TFDS images are cached ('' = ~/.cache/jaxddpm)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.channels = (64, 128, 256, 512, 1024)
+    c.model.time_emb_dim = 32
+    c.model.upsample_impl = "subpixel"  # subpixel | phases | dilated (same math)
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.schedule = "linear"
+    c.diffusion.num_timesteps = 300
+    c.diffusion.beta_start = 1e-4
+    c.diffusion.beta_end = 0.02
+
+    c.train = ml_collections.ConfigDict()
+    c.train.seed = 0
+    c.train.batch_size = 128
+    c.train.learning_rate = 1e-3
+    c.train.grad_clip_norm = 0.0  # 0 = off
+    c.train.num_epochs = 300
+    c.train.num_steps = 0  # > 0 overrides num_epochs
+    c.train.ema_decay = 0.999
+    c.train.log_every_steps = 100
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 5000
+    c.checkpoint.keep = 3
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.every_steps = 10000  # sample grid during training; 0 = only at the end
+    c.sample.num = 64
+    return c

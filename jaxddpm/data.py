@@ -1,0 +1,181 @@
+"""Datasets, decoded once into a uint8 array, and batches gathered on the device.
+
+Every source returns an `ImageDataset` of uint8 NHWC images and integer labels. Training
+puts the whole array on the device once; `get_batch` then shuffles, gathers, flips and
+scales inside the compiled step, so no per-step Python image work is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class DataError(ValueError):
+    """Data that cannot be used; the message says what is wrong and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    images: np.ndarray  # uint8, (N, H, W, C)
+    labels: np.ndarray  # int32, (N,); -1 where there are none
+    num_classes: int
+    skipped: int = 0  # files that could not be decoded (folder source)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def to_pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def resize(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """To ``channels`` (1 or 3) and ``size`` x ``size`` (no crop), as uint8 HWC."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[..., None] if channels == 1 else array
+
+
+def load_digits(image_size: int, channels: int) -> ImageDataset:
+    """scikit-learn's bundled 8x8 handwritten digits (values 0..16), upscaled."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images = np.stack([resize(Image.fromarray(im), image_size, channels) for im in small])
+    return ImageDataset(images, digits.target.astype(np.int32), 10)
+
+
+def load_folder(path: str, image_size: int, channels: int) -> ImageDataset:
+    """Every JPEG/PNG below ``path``; files that cannot be decoded are skipped and counted."""
+    if not os.path.isdir(path):
+        raise DataError(f"data.path {path} is not a readable directory")
+    files = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(path)
+        for name in names
+        if name.lower().endswith(IMAGE_SUFFIXES)
+    )
+    images, skipped = [], 0
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                im.load()
+                images.append(resize(im, image_size, channels))
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            skipped += 1
+    if not images:
+        raise DataError(
+            f"data.path {path} holds no readable images ({len(files)} JPEG/PNG files found, {skipped} unreadable); "
+            f"allowed: {', '.join(IMAGE_SUFFIXES)}"
+        )
+    return ImageDataset(np.stack(images), np.full(len(images), -1, np.int32), 0, skipped)
+
+
+def _tfds_examples(name: str, split: str, data_dir: str, download: bool) -> Iterable[dict]:
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
+    except Exception as e:  # noqa: BLE001 - TFDS raises many types for missing/offline data
+        where = data_dir or "the default TFDS directory (~/tensorflow_datasets)"
+        raise DataError(
+            f"TFDS dataset {name!r} (split {split!r}) is not available in {where} and could not be prepared "
+            f"({type(e).__name__}). On a machine with network, run: python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.builder('{name}', data_dir='DIR', file_format='array_record').download_and_prepare()\", copy DIR here "
+            f"and pass --config.data.data_dir=DIR"
+        ) from None
+
+
+def load_tfds(
+    name: str, splits: str, data_dir: str, image_size: int, channels: int, download: bool, cache_dir: str
+) -> ImageDataset:
+    """A TFDS image dataset through ``tfds.data_source``, decoded, resized and cached."""
+    key = f"{name}|{splits}|{os.path.abspath(data_dir) if data_dir else ''}|{image_size}|{channels}"
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "jaxddpm")
+    cache = os.path.join(cache_dir, f"{name}-{image_size}px-{channels}ch-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as f:
+            return ImageDataset(f["images"], f["labels"], int(f["num_classes"]))
+    images, labels = [], []
+    for split in splits.split("+"):
+        for example in _tfds_examples(name, split, data_dir, download):
+            images.append(resize(to_pil(np.asarray(example["image"])), image_size, channels))
+            labels.append(int(example.get("label", -1)))
+    if not images:
+        raise DataError(f"TFDS dataset {name!r} split {splits!r} is empty")
+    labels_array = np.asarray(labels, np.int32)
+    dataset = ImageDataset(np.stack(images), labels_array, int(labels_array.max()) + 1)
+    _save_atomically(cache, dataset)
+    return dataset
+
+
+def _save_atomically(path: str, dataset: ImageDataset) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=dataset.images, labels=dataset.labels, num_classes=dataset.num_classes)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation; an unwritable cache directory is not an error
+
+
+def load_dataset(data_config) -> ImageDataset:
+    """The dataset a config's ``data`` section describes."""
+    d = data_config
+    if d.source == "digits":
+        return load_digits(d.image_size, d.channels)
+    if d.source == "folder":
+        return load_folder(d.path, d.image_size, d.channels)
+    if d.source == "tfds":
+        return load_tfds(d.name, d.splits, d.data_dir, d.image_size, d.channels, d.download, d.cache_dir)
+    raise DataError(f"data.source={d.source!r} is unknown; allowed: tfds, digits, folder")
+
+
+def to_model_range(images_uint8: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 [0, 255] -> [-1, 1]."""
+    return images_uint8.astype(dtype) * (2.0 / 255.0) - 1.0
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> uint8 [0, 255], clipping."""
+    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def get_batch(
+    images: jax.Array, step: jax.Array, key: jax.Array, batch_size: int, random_flip: bool
+) -> jax.Array:
+    """Batch number ``step`` of an epoch-wise shuffled pass over ``images``, in [-1, 1].
+
+    Each epoch is a permutation drawn from ``fold_in(key, epoch)`` and the last partial
+    batch is dropped, so the batch depends only on (key, step): resuming needs no state.
+    """
+    n = images.shape[0]
+    steps_per_epoch = n // batch_size
+    epoch, position = step // steps_per_epoch, step % steps_per_epoch
+    perm_key, flip_key = jax.random.split(jax.random.fold_in(key, epoch))
+    perm = jax.random.permutation(perm_key, n)
+    idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
+    batch = to_model_range(images[idx])
+    if random_flip:
+        flip = jax.random.bernoulli(jax.random.fold_in(flip_key, position), 0.5, (batch_size, 1, 1, 1))
+        batch = jnp.where(flip, batch[:, :, ::-1, :], batch)
+    return batch

@@ -1,0 +1,270 @@
+"""`train_and_evaluate(config, workdir)`: the training program behind ``jaxddpm train``.
+
+The loop compiles one training step that gathers its batch from the dataset resident on
+the device, dispatches steps ahead of reading their metrics (the host never waits for
+the device to log), and checkpoints, samples and logs at step boundaries.
+Everything random derives from ``train.seed`` and the step number, so a resumed run
+repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxddpm import checkpoint, config as config_lib, data, diffusion, images
+from jaxddpm.model import SimpleUNet
+from jaxddpm.schedule import Schedule, make_schedule
+from jaxddpm.train import TrainState, create_train_state, make_optimizer, train_step
+
+FORWARD_FIGURE_STEPS = 10  # the forward-diffusion figure shows t = 0, T/10, ..., T
+METRICS_EVERY = 20  # read metrics from the device every this many steps
+
+
+def build_model(config: ml_collections.ConfigDict) -> SimpleUNet:
+    """The model a config describes (config values become typed fields here)."""
+    m = config.model
+    return SimpleUNet(
+        channels=tuple(m.channels),
+        out_channels=config.data.channels,
+        time_emb_dim=m.time_emb_dim,
+        upsample_impl=m.upsample_impl,
+        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+    )
+
+
+def build_schedule(config: ml_collections.ConfigDict) -> Schedule:
+    d = config.diffusion
+    return make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(init, data, step) keys of a run; all randomness of training comes from these."""
+    init_key, data_key, step_key = jax.random.split(jax.random.key(seed), 3)
+    return init_key, data_key, step_key
+
+
+def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict):
+    """Compiled ``(state, images, data_key, step_key) -> (state, metrics)``.
+
+    The batch is gathered, flipped and scaled on the device from the resident uint8
+    dataset, so a step needs nothing from the host. (One step per call: XLA:CPU runs a
+    training step inside `lax.scan` far slower than the same step on its own.)
+    """
+    t = config.train
+    step_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, ema_decay=t.ema_decay)
+
+    def step(state: TrainState, images_u8: jax.Array, data_key: jax.Array, step_key: jax.Array):
+        batch = data.get_batch(images_u8, state.step, data_key, t.batch_size, config.data.random_flip)
+        return step_fn(state, batch, step_key)
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_sampler(model: SimpleUNet, schedule: Schedule, shape: tuple[int, ...]):
+    """Compiled ``(variables, key) -> images``: the whole reverse chain in one program."""
+
+    def run(variables, key):
+        eps_fn = lambda x, t: model.apply(variables, x, t, train=False).astype(jnp.float32)  # noqa: E731
+        return diffusion.sample(schedule, eps_fn, key, shape)
+
+    return jax.jit(run)
+
+
+def sampling_variables(state: TrainState) -> dict:
+    return {"params": state.ema_params, "batch_stats": state.batch_stats}
+
+
+def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
+    if config.train.num_steps > 0:
+        return config.train.num_steps
+    return config.train.num_epochs * (num_examples // config.train.batch_size)
+
+
+class _Progress:
+    """A progress bar with ETA on a terminal, plain log lines otherwise."""
+
+    def __init__(self, total: int, initial: int):
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, steps: int, message: str) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+            self.bar.set_postfix_str(message, refresh=False)
+
+    def log(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuse (without writing) a workdir whose checkpoints belong to another config."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise config_lib.ConfigError(f"workdir {workdir} exists and is not a directory")
+    if not checkpoint.has_checkpoints(workdir):
+        return
+    saved_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(saved_path):
+        raise config_lib.ConfigError(f"workdir {workdir} has checkpoints but no config.json; refusing to resume into it")
+    with open(saved_path) as f:
+        saved = config_lib.from_json(f.read())
+    diffs = config_lib.incompatibilities(saved, config)
+    if diffs:
+        raise config_lib.ConfigError(
+            f"workdir {workdir} holds checkpoints of an incompatible config ({'; '.join(diffs)}); "
+            "use another --workdir or the saved config"
+        )
+
+
+def _write_forward_figure(path: str, image_u8: np.ndarray, schedule: Schedule, key: jax.Array) -> None:
+    T = schedule.num_timesteps
+    ts = sorted({min(round(i * T / FORWARD_FIGURE_STEPS), T - 1) for i in range(FORWARD_FIGURE_STEPS + 1)})
+    x0 = data.to_model_range(jnp.asarray(image_u8))[None]
+    noise = jax.random.normal(key, x0.shape)
+    noisy = [diffusion.q_sample(schedule, x0, jnp.array([t]), noise)[0] for t in ts]
+    images.save_grid(path, np.stack(noisy), columns=len(ts))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Train (or resume) the run that ``config`` describes, writing everything to ``workdir``.
+
+    Raises `ConfigError` or `DataError` before anything is written when the config or the
+    data are unusable, and `FloatingPointError` (after keeping the last good checkpoint)
+    when the loss or the gradients stop being finite.
+    """
+    config_lib.validate(config)
+    _check_workdir(workdir, config)
+    dataset = data.load_dataset(config.data)
+    if len(dataset) < config.train.batch_size:
+        raise data.DataError(f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images")
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(config))
+
+    model, schedule = build_model(config), build_schedule(config)
+    tx = make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
+    init_key, data_key, step_key = run_keys(config.train.seed)
+    image_shape = dataset.images.shape[1:]
+    state = create_train_state(model, tx, init_key, image_shape)
+
+    manager = checkpoint.make_manager(workdir, keep=config.checkpoint.keep)
+    restored = checkpoint.restore_latest(manager, state)
+    progress_log = []
+    if restored is not None:
+        state, meta = restored
+        progress_log.append(f"resumed from the checkpoint at step {meta['step']}")
+    else:
+        _write_forward_figure(os.path.join(workdir, "forward_diffusion.png"), dataset.images[0], schedule, jax.random.key(0))
+
+    start = int(state.step)
+    total = total_steps(config, len(dataset))
+    images_dev = jax.device_put(dataset.images)
+    step_fn = make_train_step(model, tx, schedule, config)
+    sampler = make_sampler(model, schedule, (config.sample.num, *image_shape))
+    meta = dict(config=json.loads(config_lib.to_json(config)), process_count=jax.process_count())
+
+    from tensorboardX import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    progress = _Progress(total, start)
+    for line in progress_log:
+        progress.log(line)
+    progress.log(f"training {total} steps ({len(dataset)} images, batch {config.train.batch_size}) from step {start}")
+
+    window = dict(loss=[], grad_norm=[], t0=time.perf_counter(), steps=0)
+
+    def consume(first_step: int, metrics: list) -> None:
+        """Read dispatched steps' metrics (blocks only on those steps) and log them."""
+        host = jax.device_get(metrics)
+        losses = np.asarray([m["loss"] for m in host])
+        norms = np.asarray([m["grad_norm"] for m in host])
+        bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(norms)))
+        if bad.size:
+            raise FloatingPointError(
+                f"non-finite {'loss' if not np.isfinite(losses[bad[0]]) else 'gradient norm'} at step {first_step + int(bad[0]) + 1}; "
+                "the last good checkpoint is kept"
+            )
+        for i, (loss, norm) in enumerate(zip(losses, norms)):
+            step = first_step + i + 1
+            window["loss"].append(float(loss))
+            window["grad_norm"].append(float(norm))
+            window["steps"] += 1
+            if step % config.train.log_every_steps == 0 or step == total:
+                elapsed = time.perf_counter() - window["t0"]
+                row = dict(
+                    step=step,
+                    loss=float(np.mean(window["loss"])),
+                    grad_norm=float(np.mean(window["grad_norm"])),
+                    steps_per_sec=window["steps"] / elapsed,
+                    images_per_sec=window["steps"] * config.train.batch_size / elapsed,
+                )
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(f"train/{k}", v, step)
+                progress.log(
+                    f"step {step}/{total}  loss {row['loss']:.4f}  grad_norm {row['grad_norm']:.3f}  "
+                    f"{row['steps_per_sec']:.1f} steps/s  {row['images_per_sec']:.0f} img/s"
+                )
+                window.update(loss=[], grad_norm=[], t0=time.perf_counter(), steps=0)
+        progress.update(len(losses), f"loss {float(losses[-1]):.4f}")
+
+    def write_samples(step: int, name: str) -> None:
+        samples = np.asarray(sampler(sampling_variables(state), jax.random.fold_in(jax.random.key(config.train.seed), step)))
+        images.save_grid(os.path.join(workdir, "samples", name), samples)
+        writer.add_image("samples", images.grid(data.to_uint8(samples)), step, dataformats="HWC")
+
+    pending: list = []  # metrics of dispatched steps not yet read, oldest first
+    step = start
+    try:
+        while step < total:
+            state, metrics = step_fn(state, images_dev, data_key, step_key)
+            pending.append(metrics)
+            step += 1
+            due_checkpoint = step % config.checkpoint.every_steps == 0 or step == total
+            due_samples = config.sample.every_steps > 0 and step % config.sample.every_steps == 0 and step < total
+            if due_checkpoint or due_samples:
+                consume(step - len(pending), pending)  # never checkpoint a non-finite state
+                pending = []
+            elif len(pending) > METRICS_EVERY:
+                # Read all but the step just dispatched, so the device always has work queued.
+                consume(step - len(pending), pending[:-1])
+                pending = pending[-1:]
+            if due_checkpoint:
+                checkpoint.save(manager, state, meta)
+            if due_samples:
+                write_samples(step, f"step_{step:07d}.png")
+        if pending:
+            consume(step - len(pending), pending)
+        if start < total or not os.path.exists(os.path.join(workdir, "samples", "final.png")):
+            write_samples(total, "final.png")
+            images.save_loss_curve(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
+    finally:
+        progress.close()
+        metrics_file.close()
+        writer.close()
+        manager.close()
+    progress.log(f"done: step {int(state.step)}; samples in {os.path.join(workdir, 'samples', 'final.png')}")
+    return state

@@ -1,0 +1,257 @@
+"""``jaxddpm bench``: jaxddpm against the PyTorch reference, in one process, on one device.
+
+Measures (warm-up excluded, median and min over repetitions):
+  1. training throughput of jaxddpm's compiled step and of the reference's eager step
+     (the article's Adam, same model and batch, float32), and their ratio;
+  2. sampling throughput of the full reverse chain: jaxddpm's one compiled program
+     against the reference's Python loop of reverse steps, and their ratio;
+  3. compile times, peak device memory where the backend reports it, and achieved FLOP/s
+     (FLOPs from XLA's cost analysis) against the device's peak where it is known;
+  4. on GPU, also ``torch.compile`` and a bfloat16-compute jaxddpm variant.
+Results are printed and written as JSON to ``experiments/bench/<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jaxddpm as jd
+from jaxddpm import trainer
+from parity import reference
+
+# Dense peak FLOP/s of known accelerators, float32 (non-tensor-core) and bfloat16.
+KNOWN_PEAKS = {
+    "H100": {"float32": 67e12, "bfloat16": 989e12},
+    "H200": {"float32": 67e12, "bfloat16": 989e12},
+    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
+}
+
+
+def timed(fn, reps: int) -> dict:
+    """Run ``fn`` (which must block until done) ``reps`` times after one warm-up call."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return dict(first_call_s=first, median_s=statistics.median(times), min_s=min(times), reps=reps)
+
+
+def device_name() -> str:
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        model = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                model = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+        except (OSError, AttributeError):
+            pass
+        return f"cpu-{os.cpu_count()}core-{model}"
+    return dev.device_kind
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
+def peak_flops(dtype: str) -> float | None:
+    kind = jax.devices()[0].device_kind
+    for key, peaks in KNOWN_PEAKS.items():
+        if key in kind:
+            return peaks[dtype]
+    return None
+
+
+def peak_memory() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> dict:
+    model = jd.SimpleUNet(channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"], dtype=dtype)
+    schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
+    tx = jd.make_optimizer(1e-3)
+    shape = (sizes["image_size"], sizes["image_size"], sizes["image_channels"])
+    state = jd.create_train_state(model, tx, jax.random.key(0), shape)
+    x = jax.random.uniform(jax.random.key(1), (batch, *shape), minval=-1, maxval=1)
+    step = jd.jit_train_step(model, tx, schedule, ema_decay=0.999)
+    key = jax.random.key(2)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, x, key).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], x, key)
+        jax.block_until_ready(metrics)
+
+    result = timed(run, reps)
+    result.update(compile_s=compile_s, flops_per_step=flops, images_per_s=batch / result["median_s"])
+    result["achieved_flops_per_s"] = flops / result["median_s"] if flops else None
+    peak = peak_flops("bfloat16" if dtype == jnp.bfloat16 else "float32")
+    result["fraction_of_peak"] = result["achieved_flops_per_s"] / peak if peak and flops else None
+    result["peak_memory_bytes"] = peak_memory()
+    return result
+
+
+def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_model: bool = False) -> dict:
+    torch.manual_seed(0)
+    model = reference.SimpleUNet(image_channels=sizes["image_channels"], channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"]).to(device)
+    model.train()
+    forward = torch.compile(model) if compile_model else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tables = {k: v.to(device) for k, v in reference.article_tables(sizes["num_timesteps"]).items()}
+    s = sizes["image_size"]
+    x = torch.rand(batch, sizes["image_channels"], s, s, device=device) * 2 - 1
+
+    def run():
+        t = torch.randint(0, sizes["num_timesteps"], (batch,), device=device)
+        opt.zero_grad(set_to_none=True)
+        loss = reference.get_loss(forward, x, t, tables)
+        loss.backward()
+        opt.step()
+        loss.item()  # waits for the device
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = timed(run, reps)
+    result["images_per_s"] = batch / result["median_s"]
+    result["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return result
+
+
+def bench_jax_sample(sizes: dict, batch: int, reps: int) -> dict:
+    model = jd.SimpleUNet(channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"])
+    schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
+    shape = (batch, sizes["image_size"], sizes["image_size"], sizes["image_channels"])
+    variables = model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32), train=False)
+    sampler = trainer.make_sampler(model, schedule, shape)
+    t0 = time.perf_counter()
+    compiled = sampler.lower(variables, jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - t0
+    result = timed(lambda: jax.block_until_ready(compiled(variables, jax.random.key(1))), reps)
+    result.update(compile_s=compile_s, images_per_s=batch / result["median_s"])
+    return result
+
+
+def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
+    torch.manual_seed(0)
+    model = reference.SimpleUNet(image_channels=sizes["image_channels"], channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"]).to(device).eval()
+    tables = {k: v.to(device) for k, v in reference.article_tables(sizes["num_timesteps"]).items()}
+    s = sizes["image_size"]
+
+    def run():
+        x = reference.sample_chain(model, torch.randn(batch, sizes["image_channels"], s, s, device=device), tables)
+        x.sum().item()
+
+    result = timed(run, reps)
+    result["images_per_s"] = batch / result["median_s"]
+    return result
+
+
+FULL = dict(channels=(64, 128, 256, 512, 1024), image_size=64, image_channels=3, time_emb_dim=32, num_timesteps=300)
+QUICK = dict(channels=(4, 8, 16), image_size=16, image_channels=3, time_emb_dim=8, num_timesteps=10)
+
+
+def run(args: argparse.Namespace) -> dict:
+    sizes = QUICK if args.quick else FULL
+    gpu = jax.devices()[0].platform == "gpu"
+    device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+    if gpu:  # compare like with like: full float32 on both sides
+        jax.config.update("jax_default_matmul_precision", "highest")
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    results: dict = dict(
+        device=device_name(),
+        command=" ".join(["jaxddpm bench"] + (args.argv or [])),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        versions=dict(jax=jax.__version__, torch=torch.__version__, python=platform.python_version()),
+        sizes={k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
+        batch=args.batch, sample_batch=args.sample_batch, reps=args.reps, torch_threads=torch.get_num_threads(),
+    )
+    print(f"device: {results['device']}; model channels {sizes['channels']}, {sizes['image_size']}px, T {sizes['num_timesteps']}", flush=True)
+    train = results["train"] = {}
+    train["jaxddpm"] = bench_jax_train(sizes, args.batch, args.reps)
+    print(f"train jaxddpm: {train['jaxddpm']['median_s']:.4f} s/step", flush=True)
+    train["torch_eager"] = bench_torch_train(sizes, args.batch, args.reps, device)
+    print(f"train torch eager: {train['torch_eager']['median_s']:.4f} s/step", flush=True)
+    train["ratio_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm"]["median_s"]
+    if gpu:
+        train["jaxddpm_bfloat16"] = bench_jax_train(sizes, args.batch, args.reps, dtype=jnp.bfloat16)
+        train["ratio_bfloat16_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm_bfloat16"]["median_s"]
+        train["torch_compile"] = bench_torch_train(sizes, args.batch, args.reps, device, compile_model=True)
+        train["ratio_vs_compile"] = train["torch_compile"]["median_s"] / train["jaxddpm"]["median_s"]
+    sample = results["sample"] = {}
+    sample["jaxddpm"] = bench_jax_sample(sizes, args.sample_batch, args.sample_reps)
+    print(f"sample jaxddpm: {sample['jaxddpm']['median_s']:.3f} s/chain", flush=True)
+    sample["torch_eager"] = bench_torch_sample(sizes, args.sample_batch, args.sample_reps, device)
+    print(f"sample torch eager: {sample['torch_eager']['median_s']:.3f} s/chain", flush=True)
+    sample["ratio_vs_eager"] = sample["torch_eager"]["median_s"] / sample["jaxddpm"]["median_s"]
+    return results
+
+
+def format_table(r: dict) -> str:
+    rows = [("measurement", "median", "min", "ratio (torch / jaxddpm)")]
+    t, s = r["train"], r["sample"]
+    rows.append((f"train step, batch {r['batch']}: jaxddpm", f"{t['jaxddpm']['median_s']:.4f} s", f"{t['jaxddpm']['min_s']:.4f} s", ""))
+    rows.append(("train step: torch eager", f"{t['torch_eager']['median_s']:.4f} s", f"{t['torch_eager']['min_s']:.4f} s", f"{t['ratio_vs_eager']:.2f}"))
+    for key, ratio in (("jaxddpm_bfloat16", "ratio_bfloat16_vs_eager"), ("torch_compile", "ratio_vs_compile")):
+        if key in t:
+            rows.append((f"train step: {key}", f"{t[key]['median_s']:.4f} s", f"{t[key]['min_s']:.4f} s", f"{t[ratio]:.2f}"))
+    T = r["sizes"]["num_timesteps"]
+    rows.append((f"{T}-step sampling, batch {r['sample_batch']}: jaxddpm", f"{s['jaxddpm']['median_s']:.3f} s", f"{s['jaxddpm']['min_s']:.3f} s", ""))
+    rows.append(("sampling: torch eager", f"{s['torch_eager']['median_s']:.3f} s", f"{s['torch_eager']['min_s']:.3f} s", f"{s['ratio_vs_eager']:.2f}"))
+    w = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
+    j = t["jaxddpm"]
+    lines.append(
+        f"jaxddpm train compile {j['compile_s']:.1f} s, {j['flops_per_step'] / 1e9:.1f} GFLOP/step, "
+        f"{(j['achieved_flops_per_s'] or 0) / 1e9:.1f} GFLOP/s achieved"
+        + (f" ({100 * j['fraction_of_peak']:.1f}% of peak)" if j.get("fraction_of_peak") else " (device peak unknown)")
+        + f"; sampler compile {s['jaxddpm']['compile_s']:.1f} s"
+        + (f"; peak memory {j['peak_memory_bytes'] / 2**30:.2f} GiB" if j.get("peak_memory_bytes") else "; peak memory not reported by this backend")
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jaxddpm bench", description="Benchmark jaxddpm against the PyTorch reference.")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes; checks the harness, not the speed")
+    parser.add_argument("--batch", type=int, default=16, help="training batch (default 16)")
+    parser.add_argument("--sample-batch", type=int, default=4, help="sampling batch (default 4)")
+    parser.add_argument("--reps", type=int, default=3, help="timed training repetitions (default 3)")
+    parser.add_argument("--sample-reps", type=int, default=2, help="timed sampling repetitions (default 2)")
+    parser.add_argument("--out", default=os.path.join("experiments", "bench"), help="directory for the JSON result ('' = do not write)")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if min(args.batch, args.sample_batch, args.reps, args.sample_reps) < 1:
+        print("error: --batch, --sample-batch, --reps and --sample-reps must be positive", file=sys.stderr)
+        return 2
+    results = run(args)
+    print(format_table(results))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, f"{slug(results['device'])}{'-quick' if args.quick else ''}.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"wrote {path}")
+    return 0

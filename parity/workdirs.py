@@ -1,0 +1,96 @@
+"""``jaxddpm convert``: article-model PyTorch weights <-> jaxddpm training workdirs.
+
+``--from-torch model.pt --out WORKDIR`` writes a workdir (config.json and a checkpoint at
+step 0 whose parameters and EMA parameters are the converted weights) that ``jaxddpm
+sample`` can use. ``--to-torch WORKDIR --out model.pt`` writes a state_dict that the
+article's model loads with ``load_state_dict(strict=True)``. Existing outputs are never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import torch
+
+from jaxddpm import checkpoint, config as config_lib, trainer
+from jaxddpm.train import TrainState, make_optimizer
+from parity import convert
+from parity.report import load_state_dict
+
+
+def import_torch_checkpoint(path: str, workdir: str, config_name: str = "flowers64") -> TrainState:
+    if checkpoint.has_checkpoints(workdir) or os.path.exists(os.path.join(workdir, "config.json")):
+        raise FileExistsError(f"--out {workdir} already holds a run; choose a new directory (runs are never overwritten)")
+    state_dict = load_state_dict(path)
+    variables = convert.torch_to_flax(state_dict)  # raises ConversionError naming bad keys
+    model = convert.model_from_state_dict(state_dict)
+    config = config_lib.load_config(config_name)
+    config.model.channels = tuple(model.channels)
+    config.model.time_emb_dim = model.time_emb_dim
+    config.data.channels = int(state_dict["init_conv.weight"].shape[1])
+    levels = len(model.channels) - 1
+    if config.data.image_size % 2**levels:
+        config.data.image_size = 2**levels * max(1, config.data.image_size // 2**levels)
+    config_lib.validate(config)
+    params = jax.tree.map(jnp.asarray, variables["params"])
+    tx = make_optimizer(config.train.learning_rate)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
+        opt_state=tx.init(params),
+        ema_params=params,
+    )
+    # The model must accept the converted variables before anything is written.
+    x = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
+    trainer.build_model(config).apply(trainer.sampling_variables(state), x, jnp.zeros((1,), jnp.int32), train=False)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(config))
+    manager = checkpoint.make_manager(workdir)
+    try:
+        checkpoint.save(manager, state, dict(converted_from=os.path.abspath(path)))
+    finally:
+        manager.close()
+    return state
+
+
+def export_torch_checkpoint(workdir: str, out: str, weights: str = "ema") -> dict:
+    from jaxddpm.generate import load_workdir
+
+    if os.path.exists(out):
+        raise FileExistsError(f"--out {out} exists; choose another path (files are never overwritten)")
+    _, state = load_workdir(workdir)
+    params = state.ema_params if weights == "ema" else state.params
+    variables = {"params": jax.device_get(params), "batch_stats": jax.device_get(state.batch_stats)}
+    state_dict = convert.flax_to_torch(variables, num_batches_tracked=int(state.step))
+    torch.save(state_dict, out)
+    return state_dict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jaxddpm convert", description=__doc__.splitlines()[0])
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-torch", metavar="MODEL_PT", help="article-model state_dict to import")
+    direction.add_argument("--to-torch", metavar="WORKDIR", help="jaxddpm workdir to export")
+    parser.add_argument("--out", required=True, help="the workdir (--from-torch) or .pt file (--to-torch) to create")
+    parser.add_argument("--weights", choices=("ema", "params"), default="ema", help="which parameters to export (default: ema)")
+    args = parser.parse_args(argv)
+    try:
+        if args.from_torch:
+            import_torch_checkpoint(args.from_torch, args.out)
+        else:
+            export_torch_checkpoint(args.to_torch, args.out, args.weights)
+    except (convert.ConversionError, FileExistsError, checkpoint.CheckpointError, config_lib.ConfigError) as e:
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    except SystemExit as e:  # load_state_dict's one-line messages
+        print(e, file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0

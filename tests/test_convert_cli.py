@@ -1,0 +1,65 @@
+"""``jaxddpm convert`` in both directions, and its refusals."""
+
+import os
+
+import numpy as np
+import torch
+
+from jaxddpm import cli
+from jaxddpm.trainer import train_and_evaluate
+from parity import convert, reference
+from tests.helpers import tiny_config
+
+
+def test_torch_checkpoint_to_workdir_then_sample_and_back(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = reference.SimpleUNet(image_channels=3, channels=(8, 16, 32), out_channels=3, time_emb_dim=16)
+    pt = tmp_path / "article.pt"
+    torch.save(model.state_dict(), pt)
+    workdir = tmp_path / "imported"
+    assert cli.main(["convert", "--from-torch", str(pt), "--out", str(workdir)]) == 0
+    assert cli.main(["sample", "--workdir", str(workdir), "--num", "2", "--out", str(tmp_path / "s.png")]) == 0
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (2, 64, 64, 3)
+
+    back = tmp_path / "back.pt"
+    assert cli.main(["convert", "--to-torch", str(workdir), "--out", str(back)]) == 0
+    reloaded = reference.SimpleUNet(image_channels=3, channels=(8, 16, 32), out_channels=3, time_emb_dim=16)
+    reloaded.load_state_dict(torch.load(back, weights_only=True), strict=True)
+    for k, v in model.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(v, reloaded.state_dict()[k]), k
+
+
+def test_trained_workdir_exports_to_the_article_model(tmp_path):
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config(), workdir)
+    out = tmp_path / "model.pt"
+    assert cli.main(["convert", "--to-torch", workdir, "--out", str(out)]) == 0
+    model = reference.SimpleUNet(image_channels=1, channels=(4, 8), out_channels=1, time_emb_dim=8)
+    model.load_state_dict(torch.load(out, weights_only=True), strict=True)
+
+
+def test_wrong_model_checkpoint_is_refused_without_writing(tmp_path, capsys):
+    pt = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(3, 3), "init_conv.weight": torch.zeros(8, 3, 3, 3)}, pt)
+    workdir = tmp_path / "w"
+    assert cli.main(["convert", "--from-torch", str(pt), "--out", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not workdir.exists()
+
+
+def test_existing_outputs_are_never_overwritten(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config(), workdir)
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"precious")
+    assert cli.main(["convert", "--to-torch", workdir, "--out", str(out)]) == 2
+    assert out.read_bytes() == b"precious"
+    sd = convert.flax_to_torch(convert.torch_to_flax(reference.SimpleUNet(channels=(4, 8, 16)).state_dict()))
+    pt = tmp_path / "a.pt"
+    torch.save(sd, pt)
+    before = sorted(os.listdir(workdir))
+    assert cli.main(["convert", "--from-torch", str(pt), "--out", workdir]) == 2
+    assert sorted(os.listdir(workdir)) == before
+    assert "already holds a run" in capsys.readouterr().err
