@@ -2,12 +2,14 @@
 
 Orbax writes each step to a temporary directory and renames it when complete, so a step
 directory that exists is whole. A step that still fails to restore (damaged on disk) is
-skipped with a warning, never deleted, and the next older one is tried.
+skipped with a warning and the next older one is tried; when training resumes, the damaged
+step is moved, never deleted, to ``damaged_checkpoints/`` so the step can be written again.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Any
 
@@ -56,8 +58,14 @@ def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, 
     manager.wait_until_finished()
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: TrainState) -> tuple[TrainState, dict] | None:
-    """The newest checkpoint that restores into ``target``'s structure, or None if none."""
+def restore_latest(
+    manager: ocp.CheckpointManager, target: TrainState, set_aside_damaged: bool = False
+) -> tuple[TrainState, dict] | None:
+    """The newest checkpoint that restores into ``target``'s structure, or None if none.
+
+    With ``set_aside_damaged``, steps that fail to restore are moved to
+    ``<workdir>/damaged_checkpoints/`` (kept, not deleted).
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, flax.serialization.to_state_dict(target))
     manager.reload()
     for step in sorted(manager.all_steps(), reverse=True):
@@ -68,6 +76,18 @@ def restore_latest(manager: ocp.CheckpointManager, target: TrainState) -> tuple[
             )
         except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
             warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one")
+            if set_aside_damaged:
+                _set_aside(manager, step)
             continue
         return flax.serialization.from_state_dict(target, restored["state"]), dict(restored["metadata"])
     return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+    source = os.path.join(str(manager.directory), str(step))
+    target_dir = os.path.join(os.path.dirname(str(manager.directory)), "damaged_checkpoints")
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, f"{step}-{int(time.time())}")
+    os.replace(source, target)
+    warnings.warn(f"moved the damaged checkpoint of step {step} to {target}")
+    manager.reload()

@@ -53,10 +53,13 @@ def _train(argv: list[str]) -> int:
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     print(f"config {args.config}, workdir {workdir}:\n{config_lib.to_json(config)}", flush=True)
 
-    from jaxddpm.trainer import train_and_evaluate
+    from jaxddpm.trainer import TrainingInterrupted, train_and_evaluate
 
     try:
         train_and_evaluate(config, workdir)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
     except (config_lib.ConfigError, DataError) as e:
         return _fail(str(e), USAGE_ERROR)
     except FloatingPointError as e:

@@ -9,10 +9,13 @@ repeats exactly what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,6 +31,43 @@ from jaxddpm.train import TrainState, create_train_state, make_optimizer, train_
 
 FORWARD_FIGURE_STEPS = 10  # the forward-diffusion figure shows t = 0, T/10, ..., T
 METRICS_EVERY = 20  # read metrics from the device every this many steps
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; the state was checkpointed at ``step`` first."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved, rerun to resume")
+        self.signum, self.step = signum, step
+
+
+@contextlib.contextmanager
+def _stop_requests() -> dict:
+    """Turn SIGINT/SIGTERM into a flag the loop polls (the main thread only)."""
+    flag: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: flag.setdefault("signum", signum))
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Drop log rows past the restored step (written before an unclean stop)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(rows)
+    os.replace(tmp, path)
 
 
 def build_model(config: ml_collections.ConfigDict) -> SimpleUNet:
@@ -168,12 +208,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = create_train_state(model, tx, init_key, image_shape)
 
     manager = checkpoint.make_manager(workdir, keep=config.checkpoint.keep)
-    restored = checkpoint.restore_latest(manager, state)
+    restored = checkpoint.restore_latest(manager, state, set_aside_damaged=True)
     progress_log = []
     if restored is not None:
         state, meta = restored
         progress_log.append(f"resumed from the checkpoint at step {meta['step']}")
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), int(meta["step"]))
     else:
+        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), 0)  # rows of a run that left no checkpoint
         _write_forward_figure(os.path.join(workdir, "forward_diffusion.png"), dataset.images[0], schedule, jax.random.key(0))
 
     start = int(state.step)
@@ -238,7 +280,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     pending: list = []  # metrics of dispatched steps not yet read, oldest first
     step = start
-    try:
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(_stop_requests())
+        stack.callback(manager.close)
+        stack.callback(writer.close)
+        stack.callback(metrics_file.close)
+        stack.callback(progress.close)
         while step < total:
             state, metrics = step_fn(state, images_dev, data_key, step_key)
             pending.append(metrics)
@@ -256,15 +303,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 checkpoint.save(manager, state, meta)
             if due_samples:
                 write_samples(step, f"step_{step:07d}.png")
+            if "signum" in stop and step < total:
+                consume(step - len(pending), pending)
+                pending = []
+                if not due_checkpoint:
+                    checkpoint.save(manager, state, meta)
+                raise TrainingInterrupted(stop["signum"], step)
         if pending:
             consume(step - len(pending), pending)
         if start < total or not os.path.exists(os.path.join(workdir, "samples", "final.png")):
             write_samples(total, "final.png")
             images.save_loss_curve(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
-    finally:
-        progress.close()
-        metrics_file.close()
-        writer.close()
-        manager.close()
     progress.log(f"done: step {int(state.step)}; samples in {os.path.join(workdir, 'samples', 'final.png')}")
     return state

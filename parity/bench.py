@@ -83,8 +83,21 @@ def peak_memory() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
+def jax_model(sizes: dict, dtype=jnp.float32) -> jd.SimpleUNet:
+    return jd.SimpleUNet(channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"], dtype=dtype)
+
+
+def torch_model(sizes: dict, device: str) -> reference.SimpleUNet:
+    torch.manual_seed(0)
+    model = reference.SimpleUNet(
+        image_channels=sizes["image_channels"], channels=sizes["channels"],
+        out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"],
+    )
+    return model.to(device)
+
+
 def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> dict:
-    model = jd.SimpleUNet(channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"], dtype=dtype)
+    model = jax_model(sizes, dtype)
     schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
     tx = jd.make_optimizer(1e-3)
     shape = (sizes["image_size"], sizes["image_size"], sizes["image_channels"])
@@ -114,9 +127,7 @@ def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> di
 
 
 def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_model: bool = False) -> dict:
-    torch.manual_seed(0)
-    model = reference.SimpleUNet(image_channels=sizes["image_channels"], channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"]).to(device)
-    model.train()
+    model = torch_model(sizes, device).train()
     forward = torch.compile(model) if compile_model else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     tables = {k: v.to(device) for k, v in reference.article_tables(sizes["num_timesteps"]).items()}
@@ -140,7 +151,7 @@ def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_m
 
 
 def bench_jax_sample(sizes: dict, batch: int, reps: int) -> dict:
-    model = jd.SimpleUNet(channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"])
+    model = jax_model(sizes)
     schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
     shape = (batch, sizes["image_size"], sizes["image_size"], sizes["image_channels"])
     variables = model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32), train=False)
@@ -154,8 +165,7 @@ def bench_jax_sample(sizes: dict, batch: int, reps: int) -> dict:
 
 
 def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
-    torch.manual_seed(0)
-    model = reference.SimpleUNet(image_channels=sizes["image_channels"], channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"]).to(device).eval()
+    model = torch_model(sizes, device).eval()
     tables = {k: v.to(device) for k, v in reference.article_tables(sizes["num_timesteps"]).items()}
     s = sizes["image_size"]
 

@@ -1,0 +1,159 @@
+"""Interruptions, damaged checkpoints and non-finite values never cost good state."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxddpm import trainer
+from jaxddpm.trainer import train_and_evaluate
+from tests.helpers import tiny_argv, tiny_config
+
+
+def checkpoint_steps(workdir):
+    return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+
+
+def assert_same_state(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_damaged_newest_checkpoint_is_set_aside_and_resume_uses_the_previous(tmp_path):
+    straight = train_and_evaluate(tiny_config(train__num_steps=6), str(tmp_path / "straight"))
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config(train__num_steps=4), workdir)
+    assert checkpoint_steps(workdir)[-2:] == [2, 4]
+    damaged = 0
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "4")):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(max(0, os.path.getsize(path) // 3))  # a half-written file
+            damaged += 1
+    assert damaged
+    with pytest.warns(UserWarning, match="checkpoint at step 4 could not be restored"):
+        resumed = train_and_evaluate(tiny_config(train__num_steps=6), workdir)
+    assert_same_state(straight, resumed)
+    kept = os.listdir(os.path.join(workdir, "damaged_checkpoints"))
+    assert len(kept) == 1 and kept[0].startswith("4-")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    original = trainer.train_step
+
+    def poisoned(state, batch, key, **kw):
+        new_state, metrics = original(state, batch, key, **kw)
+        metrics["loss"] = jnp.where(state.step >= 2, jnp.nan, metrics["loss"])  # step 3 onwards
+        return new_state, metrics
+
+    monkeypatch.setattr(trainer, "train_step", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 3"):
+        train_and_evaluate(tiny_config(train__num_steps=6), workdir)
+    assert checkpoint_steps(workdir) == [2]
+
+
+# Big enough that a step takes milliseconds, so kills land at varied points of the run.
+KILL_RUN = dict(model__channels="(8, 16, 32)", data__image_size=16, train__batch_size=16, train__log_every_steps=5)
+
+
+def _start(workdir, steps, every):
+    argv = tiny_argv(train__num_steps=steps, checkpoint__every_steps=every, **KILL_RUN)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxddpm.cli", "train", "--workdir", workdir] + argv,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _logged_steps(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+
+
+def _wait_for_training(workdir, proc, timeout=120):
+    """Until the run has restored its state and logged a step beyond the one it started at."""
+    for line in proc.stdout:
+        if line.startswith("training "):
+            after_step = int(line.rsplit("from step ", 1)[1])
+            break
+    else:
+        raise AssertionError(f"training did not start: {proc.communicate()}")
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if max(_logged_steps(workdir), default=0) > after_step:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"training did not progress: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_checkpoint_then_exit(tmp_path, sig):
+    workdir = str(tmp_path / "run")
+    proc = _start(workdir, steps=100_000, every=100_000)
+    _wait_for_training(workdir, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {signal.Signals(sig).name} at step" in err and "Traceback" not in err
+    steps = checkpoint_steps(workdir)
+    assert len(steps) == 1 and 0 < steps[0] < 100_000
+
+
+def _kill_when(workdir, proc, moment, rng, timeout=120):
+    """SIGKILL ``proc`` at a random moment of training or while a checkpoint is being written."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    _wait_for_training(workdir, proc, timeout)
+    if moment == "random":
+        time.sleep(float(rng.uniform(0.0, 1.0)))
+    else:  # the moment orbax's temporary directory for a step appears
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.isdir(ckpt_dir) and any("tmp" in name for name in os.listdir(ckpt_dir)):
+                break
+            time.sleep(0.002)
+    proc.kill()
+    proc.communicate(timeout=60)
+
+
+def test_sigkill_at_any_moment_loses_nothing(tmp_path):
+    """5 SIGKILLs (3 at random moments, 2 during a checkpoint write), each followed by the
+    same command; the finished run must equal an uninterrupted one bit for bit."""
+    from jaxddpm.generate import load_workdir
+
+    steps, every = 300, 25
+    reference = str(tmp_path / "reference")
+    train_and_evaluate(tiny_config(train__num_steps=steps, checkpoint__every_steps=every, **KILL_RUN), reference)
+    workdir = str(tmp_path / "killed")
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for moment in ["random", "checkpoint", "random", "checkpoint", "random"]:
+        proc = _start(workdir, steps, every)
+        _kill_when(workdir, proc, moment, rng)
+        ckpts = checkpoint_steps(workdir) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
+        logged = _logged_steps(workdir)
+        outcomes.append((moment, proc.returncode, ckpts[-1] if ckpts else 0, max(logged, default=0)))
+        # At most one checkpoint interval of logged work is lost to the kill.
+        if ckpts:
+            assert max(logged, default=0) - ckpts[-1] <= every, outcomes
+    proc = _start(workdir, steps, every)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert all(code == -signal.SIGKILL for _, code, _, _ in outcomes), outcomes
+    # Each kill came after the previous resume had made progress.
+    assert all(b[3] > a[2] for a, b in zip(outcomes, outcomes[1:])), outcomes
+    _, a = load_workdir(reference)
+    _, b = load_workdir(workdir)
+    assert int(b.step) == steps
+    assert_same_state(a, b)
+    print("kill trials:", outcomes)
