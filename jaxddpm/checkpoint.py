@@ -46,16 +46,22 @@ def has_checkpoints(workdir: str) -> bool:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, Any]) -> None:
+    """Write ``state`` as the checkpoint of its step; `CheckpointError` if that fails."""
     step = int(jax.device_get(state.step))
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-            metadata=ocp.args.JsonSave(dict(metadata, step=step)),
-        ),
-        force=True,
-    )
-    manager.wait_until_finished()
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+                metadata=ocp.args.JsonSave(dict(metadata, step=step)),
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap I/O errors in several types
+        text = str(e)
+        reason = next((r for r in ("No space left on device", "Read-only file system", "Permission denied") if r in text), type(e).__name__)
+        raise CheckpointError(f"could not write the checkpoint of step {step} in {manager.directory}: {reason}") from None
 
 
 def restore_latest(

@@ -42,6 +42,7 @@ def _train(argv: list[str]) -> int:
     args, rest = parser.parse_known_args(argv)
 
     from jaxddpm import config as config_lib
+    from jaxddpm.checkpoint import CheckpointError
     from jaxddpm.data import DataError
 
     try:
@@ -62,7 +63,7 @@ def _train(argv: list[str]) -> int:
         return 128 + e.signum
     except (config_lib.ConfigError, DataError) as e:
         return _fail(str(e), USAGE_ERROR)
-    except FloatingPointError as e:
+    except (FloatingPointError, CheckpointError) as e:
         return _fail(str(e), RUNTIME_ERROR)
     except OSError as e:
         return _fail(f"{e.strerror or e} ({e.filename or workdir})", RUNTIME_ERROR)

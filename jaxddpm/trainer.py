@@ -232,6 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     progress = _Progress(total, start)
     for line in progress_log:
         progress.log(line)
+    if dataset.skipped:
+        progress.log(f"skipped {dataset.skipped} image files that could not be decoded")
     progress.log(f"training {total} steps ({len(dataset)} images, batch {config.train.batch_size}) from step {start}")
 
     window = dict(loss=[], grad_norm=[], t0=time.perf_counter(), steps=0)

@@ -157,3 +157,35 @@ def test_sigkill_at_any_moment_loses_nothing(tmp_path):
     assert int(b.step) == steps
     assert_same_state(a, b)
     print("kill trials:", outcomes)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (read-only or tiny) under tmp_path; skipped where mount is not allowed."""
+    mounted = []
+
+    def mount(options):
+        target = tmp_path / f"fs{len(mounted)}"
+        target.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+@pytest.mark.parametrize("options, message", [("ro", "Read-only file system"), ("size=300k", "No space left on device")])
+def test_read_only_or_full_workdir_gives_one_line_and_exit_1(tmpfs, capsys, options, message):
+    """Our own report is one line and exit code 1. (On a full disk, orbax's background
+    writer threads also log their failures to stderr; that output is not ours.)"""
+    from jaxddpm import cli
+
+    target = tmpfs(options)
+    code = cli.main(["train", "--workdir", str(target / "run")] + tiny_argv())
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
