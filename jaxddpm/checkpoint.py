@@ -8,6 +8,7 @@ step is moved, never deleted, to ``damaged_checkpoints/`` so the step can be wri
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -48,6 +49,11 @@ def has_checkpoints(workdir: str) -> bool:
 def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, Any]) -> None:
     """Write ``state`` as the checkpoint of its step; `CheckpointError` if that fails."""
     step = int(jax.device_get(state.step))
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    # orbax logs a failed write from its writer threads before raising it here; the error
+    # is reported once, by the exception below.
+    absl_logger.setLevel(logging.CRITICAL)
     try:
         manager.save(
             step,
@@ -62,6 +68,8 @@ def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, 
         text = str(e)
         reason = next((r for r in ("No space left on device", "Read-only file system", "Permission denied") if r in text), type(e).__name__)
         raise CheckpointError(f"could not write the checkpoint of step {step} in {manager.directory}: {reason}") from None
+    finally:
+        absl_logger.setLevel(level)
 
 
 def restore_latest(

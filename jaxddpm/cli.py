@@ -18,6 +18,17 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _quiet_failed_writers() -> None:
+    """After a failed checkpoint write, orbax's writer threads and their event loop end
+    with the same I/O error already reported; keep their tracebacks off the terminal."""
+    import logging
+    import threading
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    threading.excepthook = lambda args: None
+
+
 def _split_overrides(rest: list[str]) -> dict[str, str]:
     """``--config.a.b=v`` or ``--config.a.b v`` pairs -> {"a.b": "v"}."""
     overrides, i = {}, 0
@@ -63,7 +74,10 @@ def _train(argv: list[str]) -> int:
         return 128 + e.signum
     except (config_lib.ConfigError, DataError) as e:
         return _fail(str(e), USAGE_ERROR)
-    except (FloatingPointError, CheckpointError) as e:
+    except CheckpointError as e:
+        _quiet_failed_writers()
+        return _fail(str(e), RUNTIME_ERROR)
+    except FloatingPointError as e:
         return _fail(str(e), RUNTIME_ERROR)
     except OSError as e:
         return _fail(f"{e.strerror or e} ({e.filename or workdir})", RUNTIME_ERROR)

@@ -178,14 +178,33 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(target)], check=False)
 
 
-@pytest.mark.parametrize("options, message", [("ro", "Read-only file system"), ("size=300k", "No space left on device")])
-def test_read_only_or_full_workdir_gives_one_line_and_exit_1(tmpfs, capsys, options, message):
-    """Our own report is one line and exit code 1. (On a full disk, orbax's background
-    writer threads also log their failures to stderr; that output is not ours.)"""
+FULL_DISK_NOISE = pytest.mark.xfail(
+    reason="on a full disk, orbax/tensorstore writer threads and tensorboardX's exit handler print "
+    "their own tracebacks to stderr besides our one-line error", strict=False,
+)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [("ro", "Read-only file system"), pytest.param("size=300k", "No space left on device", marks=FULL_DISK_NOISE)],
+)
+def test_read_only_or_full_workdir_stderr_is_one_line(tmpfs, options, message):
+    """The whole stderr of the command is one line, and the exit code is 1."""
+    target = tmpfs(options)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxddpm.cli", "train", "--workdir", str(target / "run")] + tiny_argv(),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_full_workdir_reports_the_cause_and_exits_1(tmpfs, capsys):
+    """Our own report on a full disk: one line naming the cause, exit code 1."""
     from jaxddpm import cli
 
-    target = tmpfs(options)
+    target = tmpfs("size=300k")
     code = cli.main(["train", "--workdir", str(target / "run")] + tiny_argv())
     err = capsys.readouterr().err
-    assert code == 1, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert code == 1
+    assert err.startswith("error: ") and err.count("\n") == 1 and "No space left on device" in err
