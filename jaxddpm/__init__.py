@@ -26,6 +26,7 @@ from jaxddpm.train import (
     ema_update,
     jit_train_step,
     make_optimizer,
+    state_from_variables,
     train_step,
 )
 
@@ -55,5 +56,6 @@ __all__ = [
     "q_sample",
     "sample",
     "sinusoidal_embedding",
+    "state_from_variables",
     "train_step",
 ]

@@ -89,7 +89,7 @@ def restore_latest(
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()),
             )
         except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
-            warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one")
+            warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one", stacklevel=2)
             if set_aside_damaged:
                 _set_aside(manager, step)
             continue
@@ -103,5 +103,5 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
     os.makedirs(target_dir, exist_ok=True)
     target = os.path.join(target_dir, f"{step}-{int(time.time())}")
     os.replace(source, target)
-    warnings.warn(f"moved the damaged checkpoint of step {step} to {target}")
+    warnings.warn(f"moved the damaged checkpoint of step {step} to {target}", stacklevel=2)
     manager.reload()

@@ -36,20 +36,25 @@ def make_optimizer(learning_rate: float = 1e-3, grad_clip_norm: float | None = N
     return adam
 
 
+def state_from_variables(variables: PyTree, tx: optax.GradientTransformation) -> TrainState:
+    """A step-0 state for given ``{"params", "batch_stats"}``: fresh optimizer, EMA = params."""
+    params = jax.tree.map(jnp.asarray, variables["params"])
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=jax.tree.map(jnp.asarray, variables.get("batch_stats", {})),
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params),
+    )
+
+
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, int, int]
 ) -> TrainState:
     """Initialise parameters, BatchNorm statistics, optimizer state and EMA for HxWxC images."""
     x = jnp.zeros((1, *image_shape), model.param_dtype)
     variables = model.init(key, x, jnp.zeros((1,), jnp.int32), train=False)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        ema_params=jax.tree.map(jnp.copy, params),
-    )
+    return state_from_variables(variables, tx)
 
 
 def ema_update(ema: PyTree, params: PyTree, decay: float) -> PyTree:

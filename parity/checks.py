@@ -15,12 +15,11 @@ import contextlib
 import copy
 import dataclasses
 import math
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import torch
 
 import jaxddpm
@@ -324,11 +323,7 @@ def check_training(s: Setup, learning_rate: float = 1e-3) -> list[CheckResult]:
     model = _copy_torch_model(s).train()
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
     tx = train.make_optimizer(learning_rate)
-    params = s.variables["params"]
-    state = train.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, batch_stats=s.variables["batch_stats"],
-        opt_state=tx.init(params), ema_params=params,
-    )
+    state = train.state_from_variables(s.variables, tx)
     update = jax.jit(lambda st, x0, t, n: train.apply_update(
         st, x0, t, n, model=s.model, tx=tx, schedule=s.schedule, ema_decay=0.999))
     start = {k: _np(v).astype(np.float64) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import torch
 
 from jaxddpm import checkpoint, config as config_lib, trainer
-from jaxddpm.train import TrainState, make_optimizer
+from jaxddpm.train import TrainState, make_optimizer, state_from_variables
 from parity import convert
 from parity.report import load_state_dict
 
@@ -37,15 +37,7 @@ def import_torch_checkpoint(path: str, workdir: str, config_name: str = "flowers
     if config.data.image_size % 2**levels:
         config.data.image_size = 2**levels * max(1, config.data.image_size // 2**levels)
     config_lib.validate(config)
-    params = jax.tree.map(jnp.asarray, variables["params"])
-    tx = make_optimizer(config.train.learning_rate)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
-        opt_state=tx.init(params),
-        ema_params=params,
-    )
+    state = state_from_variables(variables, make_optimizer(config.train.learning_rate))
     # The model must accept the converted variables before anything is written.
     x = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
     trainer.build_model(config).apply(trainer.sampling_variables(state), x, jnp.zeros((1,), jnp.int32), train=False)
