@@ -235,11 +235,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         progress.log(f"skipped {dataset.skipped} image files that could not be decoded")
     progress.log(f"training {total} steps ({len(dataset)} images, batch {config.train.batch_size}) from step {start}")
 
-    window = dict(loss=[], grad_norm=[], t0=time.perf_counter(), steps=0)
+    # Per logging window: losses, gradient norms and seconds. Metrics arrive in batches, so
+    # the wall time since the previous batch is shared out evenly over its steps.
+    window = dict(loss=[], grad_norm=[], seconds=0.0)
+    clock = {"last": time.perf_counter()}
 
     def consume(first_step: int, metrics: list) -> None:
         """Read dispatched steps' metrics (blocks only on those steps) and log them."""
         host = jax.device_get(metrics)
+        now = time.perf_counter()
+        seconds_per_step = (now - clock["last"]) / len(host)
+        clock["last"] = now
         losses = np.asarray([m["loss"] for m in host])
         norms = np.asarray([m["grad_norm"] for m in host])
         bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(norms)))
@@ -252,15 +258,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             step = first_step + i + 1
             window["loss"].append(float(loss))
             window["grad_norm"].append(float(norm))
-            window["steps"] += 1
+            window["seconds"] += seconds_per_step
             if step % config.train.log_every_steps == 0 or step == total:
-                elapsed = time.perf_counter() - window["t0"]
+                steps_per_sec = len(window["loss"]) / max(window["seconds"], 1e-9)
                 row = dict(
                     step=step,
                     loss=float(np.mean(window["loss"])),
                     grad_norm=float(np.mean(window["grad_norm"])),
-                    steps_per_sec=window["steps"] / elapsed,
-                    images_per_sec=window["steps"] * config.train.batch_size / elapsed,
+                    steps_per_sec=steps_per_sec,
+                    images_per_sec=steps_per_sec * config.train.batch_size,
                 )
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
@@ -271,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     f"step {step}/{total}  loss {row['loss']:.4f}  grad_norm {row['grad_norm']:.3f}  "
                     f"{row['steps_per_sec']:.1f} steps/s  {row['images_per_sec']:.0f} img/s"
                 )
-                window.update(loss=[], grad_norm=[], t0=time.perf_counter(), steps=0)
+                window.update(loss=[], grad_norm=[], seconds=0.0)
         progress.update(len(losses), f"loss {float(losses[-1]):.4f}")
 
     def write_samples(step: int, name: str) -> None:
