@@ -29,6 +29,31 @@ def _quiet_failed_writers() -> None:
     threading.excepthook = lambda args: None
 
 
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-process runs (one process per host or per GPU)")
+    group.add_argument(
+        "--distributed", action="store_true",
+        help="join a multi-process run with jax.distributed; without the flags below, JAX reads the launcher's "
+        "environment (SLURM, Open MPI, TPU slices, JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID)",
+    )
+    group.add_argument("--coordinator", help="HOST:PORT of process 0 (implies --distributed)")
+    group.add_argument("--num-processes", type=int, help="number of processes (implies --distributed)")
+    group.add_argument("--process-id", type=int, help="this process's index, 0-based (implies --distributed)")
+
+
+def _maybe_initialize_distributed(args: argparse.Namespace) -> int:
+    """0, or the exit code of a launch that cannot work."""
+    if not (args.distributed or args.coordinator or args.num_processes is not None or args.process_id is not None):
+        return 0
+    from jaxddpm.parallel import DistributedError, initialize
+
+    try:
+        initialize(args.coordinator, args.num_processes, args.process_id)
+    except DistributedError as e:
+        return _fail(str(e), USAGE_ERROR)
+    return 0
+
+
 def _split_overrides(rest: list[str]) -> dict[str, str]:
     """``--config.a.b=v`` or ``--config.a.b v`` pairs -> {"a.b": "v"}."""
     overrides, i = {}, 0
@@ -50,6 +75,7 @@ def _train(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jaxddpm train", description="Train a diffusion model (resumes automatically).")
     parser.add_argument("--config", default="quickstart", help="a shipped config name or a path to a .py file (default: quickstart)")
     parser.add_argument("--workdir", help="where checkpoints, logs and samples go (default: runs/<config name>)")
+    _add_distributed_flags(parser)
     args, rest = parser.parse_known_args(argv)
 
     from jaxddpm import config as config_lib
@@ -63,7 +89,13 @@ def _train(argv: list[str]) -> int:
     except (ValueError, config_lib.ConfigError) as e:
         return _fail(str(e), USAGE_ERROR)
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    print(f"config {args.config}, workdir {workdir}:\n{config_lib.to_json(config)}", flush=True)
+    code = _maybe_initialize_distributed(args)
+    if code:
+        return code
+    import jax
+
+    if jax.process_index() == 0:
+        print(f"config {args.config}, workdir {workdir}:\n{config_lib.to_json(config)}", flush=True)
 
     from jaxddpm.trainer import TrainingInterrupted, train_and_evaluate
 

@@ -19,6 +19,7 @@ import ml_collections
 
 from jaxddpm import configs as configs_package
 from jaxddpm.model import UPSAMPLE_IMPLS
+from jaxddpm.parallel import SHARDING_MODES
 from jaxddpm.schedule import validate_schedule_args
 
 DATA_SOURCES = ("tfds", "digits", "folder")
@@ -129,6 +130,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.num_steps >= 0 and t.num_epochs >= 0, "train.num_steps and train.num_epochs must not be negative")
     need(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
     need(t.log_every_steps > 0, f"train.log_every_steps must be positive, got {t.log_every_steps}")
+    need(t.sharding in SHARDING_MODES, f"train.sharding={t.sharding!r} is unknown; allowed: {', '.join(SHARDING_MODES)}")
     need(t.grad_clip_norm >= 0, f"train.grad_clip_norm must not be negative, got {t.grad_clip_norm}")
     need(config.checkpoint.every_steps > 0, f"checkpoint.every_steps must be positive, got {config.checkpoint.every_steps}")
     need(config.checkpoint.keep > 0, f"checkpoint.keep must be positive, got {config.checkpoint.keep}")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxddpm import checkpoint, config as config_lib, data, diffusion, images
+from jaxddpm import checkpoint, config as config_lib, data, diffusion, images, parallel
 from jaxddpm.model import SimpleUNet
 from jaxddpm.schedule import Schedule, make_schedule
 from jaxddpm.train import TrainState, create_train_state, make_optimizer, train_step
@@ -92,31 +92,55 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     return init_key, data_key, step_key
 
 
-def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict):
+def create_sharded_state(model, tx, key: jax.Array, image_shape, mesh, mode: str = "replicated") -> TrainState:
+    """`create_train_state` computed directly into its shardings on ``mesh``."""
+    create = lambda k: create_train_state(model, tx, k, image_shape)  # noqa: E731
+    shardings = parallel.tree_shardings(jax.eval_shape(create, key), mesh, mode)
+    return jax.jit(create, out_shardings=shardings)(key)
+
+
+def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mesh=None, state_shardings=None):
     """Compiled ``(state, images, data_key, step_key) -> (state, metrics)``.
 
     The batch is gathered, flipped and scaled on the device from the resident uint8
-    dataset, so a step needs nothing from the host. (One step per call: XLA:CPU runs a
-    training step inside `lax.scan` far slower than the same step on its own.)
+    dataset, so a step needs nothing from the host. On a ``mesh`` the global batch is
+    split over its devices (each gathers only its own rows) and the state keeps
+    ``state_shardings``. (One step per call: XLA:CPU runs a training step inside
+    `lax.scan` far slower than the same step on its own.)
     """
     t = config.train
     step_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, ema_decay=t.ema_decay)
 
     def step(state: TrainState, images_u8: jax.Array, data_key: jax.Array, step_key: jax.Array):
         batch = data.get_batch(images_u8, state.step, data_key, t.batch_size, config.data.random_flip)
+        if mesh is not None:
+            batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharding(mesh))
         return step_fn(state, batch, step_key)
 
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, parallel.replicated(mesh)))
 
 
-def make_sampler(model: SimpleUNet, schedule: Schedule, shape: tuple[int, ...]):
-    """Compiled ``(variables, key) -> images``: the whole reverse chain in one program."""
+def make_sampler(model: SimpleUNet, schedule: Schedule, shape: tuple[int, ...], mesh=None):
+    """Compiled ``(variables, key) -> images``: the whole reverse chain in one program.
+
+    On a ``mesh`` the batch is split over the devices when the device count divides it,
+    and the result is replicated so that every process can read it.
+    """
+    shard = mesh is not None and shape[0] % mesh.size == 0
 
     def run(variables, key):
-        eps_fn = lambda x, t: model.apply(variables, x, t, train=False).astype(jnp.float32)  # noqa: E731
+        def eps_fn(x, t):
+            if shard:
+                x = jax.lax.with_sharding_constraint(x, parallel.batch_sharding(mesh))
+            return model.apply(variables, x, t, train=False).astype(jnp.float32)
+
         return diffusion.sample(schedule, eps_fn, key, shape)
 
-    return jax.jit(run)
+    if mesh is None:
+        return jax.jit(run)
+    return jax.jit(run, out_shardings=parallel.replicated(mesh))
 
 
 def sampling_variables(state: TrainState) -> dict:
@@ -129,12 +153,33 @@ def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
     return config.train.num_epochs * (num_examples // config.train.batch_size)
 
 
-class _Progress:
-    """A progress bar with ETA on a terminal, plain log lines otherwise."""
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
-    def __init__(self, total: int, initial: int):
+
+def _stop_requested(stop: dict, at_sync_point: bool) -> bool:
+    """Whether to checkpoint and stop now. With several processes, all must stop at the
+    same step, so the flag is only consulted (and agreed on) where metrics were just read."""
+    if jax.process_count() == 1:
+        return "signum" in stop
+    if not at_sync_point:
+        return False
+    if parallel.any_process("signum" in stop):
+        stop.setdefault("signum", signal.SIGTERM)
+        return True
+    return False
+
+
+class _Progress:
+    """A progress bar with ETA on a terminal, plain log lines otherwise; silent if quiet."""
+
+    def __init__(self, total: int, initial: int, quiet: bool = False):
         self.bar = None
-        if sys.stderr.isatty():
+        self.quiet = quiet
+        if sys.stderr.isatty() and not quiet:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
@@ -145,6 +190,8 @@ class _Progress:
             self.bar.set_postfix_str(message, refresh=False)
 
     def log(self, line: str) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.write(line)
         else:
@@ -191,49 +238,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     when the loss or the gradients stop being finite.
     """
     config_lib.validate(config)
+    mesh = parallel.make_mesh()
+    try:
+        parallel.check_batch_size(config.train.batch_size, mesh)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
     _check_workdir(workdir, config)
     dataset = data.load_dataset(config.data)
     if len(dataset) < config.train.batch_size:
         raise data.DataError(f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images")
 
+    main = parallel.is_main_process()  # process 0 writes everything but the checkpoints
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config_lib.to_json(config))
+    if main:
+        _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
 
     model, schedule = build_model(config), build_schedule(config)
     tx = make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
     init_key, data_key, step_key = run_keys(config.train.seed)
     image_shape = dataset.images.shape[1:]
-    state = create_train_state(model, tx, init_key, image_shape)
+    state = create_sharded_state(model, tx, init_key, image_shape, mesh, config.train.sharding)
+    state_shardings = jax.tree.map(lambda a: a.sharding, state)
 
     manager = checkpoint.make_manager(workdir, keep=config.checkpoint.keep)
     restored = checkpoint.restore_latest(manager, state, set_aside_damaged=True)
+    if not parallel.all_processes_agree(-1 if restored is None else int(restored[1]["step"])):
+        raise checkpoint.CheckpointError(
+            f"the processes found different checkpoints in {workdir}; the workdir must be one directory shared by all processes"
+        )
     progress_log = []
     if restored is not None:
         state, meta = restored
         progress_log.append(f"resumed from the checkpoint at step {meta['step']}")
-        _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), int(meta["step"]))
-    else:
+        saved_processes = meta.get("process_count", 1)
+        if saved_processes != jax.process_count():
+            progress_log.append(
+                f"the checkpoint was written by {saved_processes} processes, resuming with {jax.process_count()} "
+                "(results do not depend on the process count)"
+            )
+        if main:
+            _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), int(meta["step"]))
+    elif main:
         _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), 0)  # rows of a run that left no checkpoint
         _write_forward_figure(os.path.join(workdir, "forward_diffusion.png"), dataset.images[0], schedule, jax.random.key(0))
 
     start = int(state.step)
     total = total_steps(config, len(dataset))
-    images_dev = jax.device_put(dataset.images)
-    step_fn = make_train_step(model, tx, schedule, config)
-    sampler = make_sampler(model, schedule, (config.sample.num, *image_shape))
+    images_dev = parallel.put_replicated(dataset.images, mesh)
+    step_fn = make_train_step(model, tx, schedule, config, mesh, state_shardings)
+    sampler = make_sampler(model, schedule, (config.sample.num, *image_shape), mesh)
     meta = dict(config=json.loads(config_lib.to_json(config)), process_count=jax.process_count())
 
-    from tensorboardX import SummaryWriter
+    writer = metrics_file = None
+    if main:
+        from tensorboardX import SummaryWriter
 
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    progress = _Progress(total, start)
+        writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    progress = _Progress(total, start, quiet=not main)
     for line in progress_log:
         progress.log(line)
     if dataset.skipped:
         progress.log(f"skipped {dataset.skipped} image files that could not be decoded")
-    progress.log(f"training {total} steps ({len(dataset)} images, batch {config.train.batch_size}) from step {start}")
+    devices = f", {mesh.size} devices in {jax.process_count()} processes" if mesh.size > 1 else ""
+    progress.log(f"training {total} steps ({len(dataset)} images, batch {config.train.batch_size}{devices}) from step {start}")
 
     # Per logging window: losses, gradient norms and seconds. Metrics arrive in batches, so
     # the wall time since the previous batch is shared out evenly over its steps.
@@ -268,11 +336,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     steps_per_sec=steps_per_sec,
                     images_per_sec=steps_per_sec * config.train.batch_size,
                 )
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                for k, v in row.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
+                if main:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                    for k, v in row.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
                 progress.log(
                     f"step {step}/{total}  loss {row['loss']:.4f}  grad_norm {row['grad_norm']:.3f}  "
                     f"{row['steps_per_sec']:.1f} steps/s  {row['images_per_sec']:.0f} img/s"
@@ -282,6 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     def write_samples(step: int, name: str) -> None:
         samples = np.asarray(sampler(sampling_variables(state), jax.random.fold_in(jax.random.key(config.train.seed), step)))
+        if not main:
+            return
         images.save_grid(os.path.join(workdir, "samples", name), samples)
         writer.add_image("samples", images.grid(data.to_uint8(samples)), step, dataformats="HWC")
 
@@ -290,8 +361,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(_stop_requests())
         stack.callback(manager.close)
-        stack.callback(writer.close)
-        stack.callback(metrics_file.close)
+        if main:
+            stack.callback(writer.close)
+            stack.callback(metrics_file.close)
         stack.callback(progress.close)
         while step < total:
             state, metrics = step_fn(state, images_dev, data_key, step_key)
@@ -299,10 +371,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             step += 1
             due_checkpoint = step % config.checkpoint.every_steps == 0 or step == total
             due_samples = config.sample.every_steps > 0 and step % config.sample.every_steps == 0 and step < total
+            read_metrics = due_checkpoint or due_samples or len(pending) > METRICS_EVERY
             if due_checkpoint or due_samples:
                 consume(step - len(pending), pending)  # never checkpoint a non-finite state
                 pending = []
-            elif len(pending) > METRICS_EVERY:
+            elif read_metrics:
                 # Read all but the step just dispatched, so the device always has work queued.
                 consume(step - len(pending), pending[:-1])
                 pending = pending[-1:]
@@ -310,7 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 checkpoint.save(manager, state, meta)
             if due_samples:
                 write_samples(step, f"step_{step:07d}.png")
-            if "signum" in stop and step < total:
+            if _stop_requested(stop, read_metrics) and step < total:
                 consume(step - len(pending), pending)
                 pending = []
                 if not due_checkpoint:
@@ -320,6 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             consume(step - len(pending), pending)
         if start < total or not os.path.exists(os.path.join(workdir, "samples", "final.png")):
             write_samples(total, "final.png")
-            images.save_loss_curve(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
+            if main:
+                images.save_loss_curve(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
     progress.log(f"done: step {int(state.step)}; samples in {os.path.join(workdir, 'samples', 'final.png')}")
     return state

@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.num_epochs = 300
     c.train.num_steps = 0  # > 0 overrides num_epochs
     c.train.ema_decay = 0.999
+    c.train.sharding = "replicated"  # train state over the devices: replicated | fsdp (split large arrays)
     c.train.log_every_steps = 100
 
     c.checkpoint = ml_collections.ConfigDict()

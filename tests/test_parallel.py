@@ -1,0 +1,150 @@
+"""One training code path on 1 device, 8 simulated devices, and 2 real processes.
+
+The multi-device runs happen in subprocesses (the device count is fixed when JAX starts)
+and are compared with a 1-device run in this process: same losses, parameters, EMA
+parameters, optimizer state and BatchNorm statistics, up to float32 reduction order.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxddpm import cli, parallel
+from jaxddpm.generate import load_workdir
+from jaxddpm.trainer import train_and_evaluate
+from tests.helpers import tiny_argv, tiny_config
+
+STEPS = 4
+RUN = dict(train__num_steps=STEPS, train__log_every_steps=1, checkpoint__every_steps=2)
+
+# Worker for the simulated-device runs: trains each (workdir, sharding) in turn. The tiny
+# model's arrays are all smaller than FSDP_MIN_SIZE, so fsdp runs lower it to split them.
+WORKER = """
+import sys
+from jaxddpm import parallel
+from jaxddpm.trainer import train_and_evaluate
+from tests.helpers import tiny_config
+import jax
+assert jax.device_count() == 8, jax.devices()
+parallel.FSDP_MIN_SIZE = 16
+for workdir, mode in zip(sys.argv[1::2], sys.argv[2::2]):
+    state = train_and_evaluate(tiny_config(**{kwargs}, train__sharding=mode), workdir)
+    split = [x.sharding.spec for x in jax.tree.leaves(state.params) if not x.sharding.is_fully_replicated]
+    assert bool(split) == (mode == "fsdp"), (mode, split)
+    assert all(s.count("data") == 1 for s in split), split
+"""
+
+
+def env_with_devices(n: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    return env
+
+
+def losses(workdir: str) -> np.ndarray:
+    return np.asarray([json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))])
+
+
+def assert_states_match(state, reference) -> None:
+    """Equal up to float32 reduction order: the step exactly; every other array leaf close.
+
+    Adam divides each update by the root of its own second moment, so an element whose
+    gradient is near zero can move by up to the learning rate on a rounding difference;
+    those elements are allowed, but only as a tiny share of all parameters.
+    """
+    assert int(state.step) == int(reference.step)
+    for name in ("batch_stats", "params", "ema_params", "opt_state"):
+        a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(getattr(state, name))])
+        b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(getattr(reference, name))])
+        assert a.shape == b.shape, name
+        close = np.isclose(a, b, rtol=1e-4, atol=1e-6)
+        assert close.mean() >= 0.999, f"{name}: {np.sum(~close)} of {a.size} differ, worst {np.max(np.abs(a - b)):.3g}"
+        assert np.max(np.abs(a - b)) <= 2e-3 * STEPS, name  # never more than the Adam step (lr 1e-3) can explain
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A 1-device run of STEPS steps, and its continuation to STEPS + 2."""
+    workdir = str(tmp_path_factory.mktemp("one-device") / "run")
+    first = train_and_evaluate(tiny_config(**RUN), workdir)
+    first_losses = losses(workdir)
+    second = train_and_evaluate(tiny_config(**dict(RUN, train__num_steps=STEPS + 2)), workdir)
+    return dict(state=first, losses=first_losses, resumed=second, resumed_losses=losses(workdir))
+
+
+def test_eight_devices_match_one_device(reference, tmp_path):
+    runs = {mode: str(tmp_path / mode) for mode in ("replicated", "fsdp")}
+    argv = [arg for mode, workdir in runs.items() for arg in (workdir, mode)]
+    subprocess.run(
+        [sys.executable, "-c", WORKER.replace("{kwargs}", repr(RUN)), *argv],
+        env=env_with_devices(8), check=True, timeout=600,
+    )
+    for mode, workdir in runs.items():
+        np.testing.assert_allclose(losses(workdir), reference["losses"], rtol=1e-5, err_msg=mode)
+        assert_states_match(load_workdir(workdir)[1], reference["state"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_resume_in_one_process(reference, tmp_path):
+    workdir = str(tmp_path / "run")
+    argv = ["train", "--workdir", workdir, *tiny_argv(**RUN), "--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxddpm.cli", *argv, "--process-id", str(i)],
+            env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "2 devices in 2 processes" in outputs[0]
+    assert "step 1/" not in outputs[1]  # only process 0 logs
+    np.testing.assert_allclose(losses(workdir), reference["losses"], rtol=1e-5)
+    assert_states_match(load_workdir(workdir)[1], reference["state"])
+
+    # The 2-process checkpoint resumes in this (1-process, 1-device) process.
+    resumed = train_and_evaluate(tiny_config(**dict(RUN, train__num_steps=STEPS + 2)), workdir)
+    np.testing.assert_allclose(losses(workdir), reference["resumed_losses"], rtol=1e-5)
+    assert_states_match(resumed, reference["resumed"])
+
+
+def test_batch_not_divisible_by_the_device_count_is_a_usage_error(tmp_path):
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxddpm.cli", "train", "--workdir", str(workdir), *tiny_argv(train__batch_size=12)],
+        env=env_with_devices(8), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: train.batch_size=12 is not divisible by the 8 devices; allowed: a multiple of 8"
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num-processes", "2", "--process-id", "2"], "--process-id must lie in [0, 2) for 2 processes, got 2"),
+        (["--num-processes", "0"], "--num-processes must be at least 1, got 0"),
+    ],
+)
+def test_bad_launch_flags_are_usage_errors(tmp_path, capsys, flags, message):
+    code = cli.main(["train", "--workdir", str(tmp_path / "run"), *tiny_argv(), *flags])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_sharding_mode():
+    mesh = parallel.make_mesh()
+    with pytest.raises(ValueError, match="allowed: replicated, fsdp"):
+        parallel.leaf_sharding((4,), mesh, "zero3")
