@@ -7,8 +7,8 @@ import os
 import jax
 import numpy as np
 
-from jaxddpm import checkpoint, config as config_lib, images, trainer
-from jaxddpm.train import TrainState, create_train_state, make_optimizer
+from jaxddpm import checkpoint, config as config_lib, images, parallel, trainer
+from jaxddpm.train import TrainState, make_optimizer
 
 
 def load_workdir(workdir: str) -> tuple[object, TrainState]:
@@ -23,7 +23,7 @@ def load_workdir(workdir: str) -> tuple[object, TrainState]:
     model = trainer.build_model(config)
     tx = make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    target = create_train_state(model, tx, jax.random.key(0), image_shape)
+    target = trainer.create_sharded_state(model, tx, jax.random.key(0), image_shape, parallel.make_mesh(), config.train.get("sharding", "replicated"))
     manager = checkpoint.make_manager(workdir, read_only=True)
     try:
         restored = checkpoint.restore_latest(manager, target)
@@ -43,7 +43,8 @@ def sample_workdir(workdir: str, num: int = 64, seed: int = 0, out: str | None =
         if os.path.exists(path):
             raise FileExistsError(f"{path} exists; choose another --out (existing files are never overwritten)")
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    sampler = trainer.make_sampler(trainer.build_model(config), trainer.build_schedule(config), (num, *image_shape))
+    mesh = parallel.make_mesh()
+    sampler = trainer.make_sampler(trainer.build_model(config), trainer.build_schedule(config), (num, *image_shape), mesh)
     samples = np.asarray(sampler(trainer.sampling_variables(state), jax.random.key(seed)))
     images.save_grid(out, samples)
     np.savez(npz, samples=samples, step=int(state.step), seed=seed)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxddpm import cli, parallel
-from jaxddpm.generate import load_workdir
+from jaxddpm.generate import load_workdir, sample_workdir
 from jaxddpm.trainer import train_and_evaluate
 from tests.helpers import tiny_argv, tiny_config
 
@@ -28,6 +28,7 @@ RUN = dict(train__num_steps=STEPS, train__log_every_steps=1, checkpoint__every_s
 WORKER = """
 import sys
 from jaxddpm import parallel
+from jaxddpm.generate import sample_workdir
 from jaxddpm.trainer import train_and_evaluate
 from tests.helpers import tiny_config
 import jax
@@ -38,6 +39,7 @@ for workdir, mode in zip(sys.argv[1::2], sys.argv[2::2]):
     split = [x.sharding.spec for x in jax.tree.leaves(state.params) if not x.sharding.is_fully_replicated]
     assert bool(split) == (mode == "fsdp"), (mode, split)
     assert all(s.count("data") == 1 for s in split), split
+    sample_workdir(workdir, num=8, seed=0, out=workdir + "/eight.png")  # sampling shards its batch too
 """
 
 
@@ -88,6 +90,9 @@ def test_eight_devices_match_one_device(reference, tmp_path):
     for mode, workdir in runs.items():
         np.testing.assert_allclose(losses(workdir), reference["losses"], rtol=1e-5, err_msg=mode)
         assert_states_match(load_workdir(workdir)[1], reference["state"])
+        eight = np.load(workdir + "/eight.npz")["samples"]
+        one = np.load(sample_workdir(workdir, num=8, seed=0, out=str(tmp_path / f"{mode}-one.png"))[1])["samples"]
+        np.testing.assert_allclose(eight, one, atol=1e-3)
 
 
 def free_port() -> int:
