@@ -122,17 +122,27 @@ def _sample(argv: list[str]) -> int:
     parser.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="PNG path (default: WORKDIR/samples/sample_step<N>_seed<S>.png); an .npz is written beside it")
+    parser.add_argument("--sampler", help="ancestral (the article's, all T steps) or ddim (default: the run's sample.sampler)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default: the run's sample.steps)")
+    parser.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 ancestral-like (default: the run's sample.eta)")
+    parser.add_argument("--clip-x0", action="store_true", default=None, help="DDIM: clip the predicted x0 to [-1, 1]")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale of a conditional model (0 unconditional, 1 conditional)")
+    parser.add_argument("--label", type=int, help="class to draw from a conditional model; -1 cycles through all classes")
     args = parser.parse_args(argv)
     if args.num <= 0:
         return _fail(f"--num must be positive, got {args.num}", USAGE_ERROR)
 
     from jaxddpm.checkpoint import CheckpointError
+    from jaxddpm.config import ConfigError
     from jaxddpm.generate import sample_workdir
 
+    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, clip_x0=args.clip_x0, guidance=args.guidance)
     try:
-        png, npz = sample_workdir(args.workdir, args.num, args.seed, args.out)
+        png, npz = sample_workdir(args.workdir, args.num, args.seed, args.out, label=args.label, **options)
     except (CheckpointError, FileExistsError) as e:
         return _fail(str(e), USAGE_ERROR)
+    except ConfigError as e:
+        return _fail(str(e).replace("sample.", "--").replace("clip_x0", "clip-x0"), USAGE_ERROR)
     except OSError as e:
         return _fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
     print(f"wrote {png} and {npz}")

@@ -18,11 +18,14 @@ from typing import Any
 import ml_collections
 
 from jaxddpm import configs as configs_package
+from jaxddpm.diffusion import PREDICTIONS
 from jaxddpm.model import UPSAMPLE_IMPLS
 from jaxddpm.parallel import SHARDING_MODES
 from jaxddpm.schedule import validate_schedule_args
 
 DATA_SOURCES = ("tfds", "digits", "folder")
+MODELS = ("simple_unet", "ddpm_unet")
+SAMPLERS = ("ancestral", "ddim")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -110,14 +113,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(d.source in DATA_SOURCES, f"data.source={d.source!r} is unknown; allowed: {', '.join(DATA_SOURCES)}")
     need(d.source != "folder" or bool(d.path), "data.path must name an image folder when data.source=folder")
     need(d.channels in (1, 3), f"data.channels must be 1 or 3, got {d.channels}")
-    need(len(m.channels) >= 2 and all(c > 0 for c in m.channels), f"model.channels needs at least two positive widths, got {tuple(m.channels)}")
-    levels = len(m.channels) - 1
+    need(m.name in MODELS, f"model.name={m.name!r} is unknown; allowed: {', '.join(MODELS)}")
+    need(m.num_classes >= 0, f"model.num_classes must not be negative, got {m.num_classes}")
+    if m.name == "simple_unet":
+        need(len(m.channels) >= 2 and all(c > 0 for c in m.channels), f"model.channels needs at least two positive widths, got {tuple(m.channels)}")
+        levels, what = len(m.channels) - 1, f"model.channels={tuple(m.channels)}"
+        need(m.time_emb_dim >= 4 and m.time_emb_dim % 2 == 0, f"model.time_emb_dim must be an even number >= 4, got {m.time_emb_dim}")
+    else:
+        need(len(m.channel_mult) >= 1 and all(c > 0 for c in m.channel_mult), f"model.channel_mult needs positive entries, got {tuple(m.channel_mult)}")
+        need(m.base_channels >= 2 and m.base_channels % 2 == 0, f"model.base_channels must be an even number >= 2, got {m.base_channels}")
+        need(m.num_res_blocks >= 1, f"model.num_res_blocks must be at least 1, got {m.num_res_blocks}")
+        need(0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}")
+        need(m.norm_groups >= 1, f"model.norm_groups must be at least 1, got {m.norm_groups}")
+        levels, what = len(m.channel_mult) - 1, f"model.channel_mult={tuple(m.channel_mult)}"
     need(
         d.image_size > 0 and d.image_size % 2**levels == 0,
-        f"data.image_size={d.image_size} cannot be halved {levels} times by model.channels={tuple(m.channels)}; "
-        f"use a multiple of {2**levels}",
+        f"data.image_size={d.image_size} cannot be halved {levels} times by {what}; use a multiple of {2**levels}",
     )
-    need(m.time_emb_dim >= 4 and m.time_emb_dim % 2 == 0, f"model.time_emb_dim must be an even number >= 4, got {m.time_emb_dim}")
     need(m.upsample_impl in UPSAMPLE_IMPLS, f"model.upsample_impl={m.upsample_impl!r} is unknown; allowed: {', '.join(UPSAMPLE_IMPLS)}")
     need(m.dtype in DTYPES, f"model.dtype={m.dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
     try:
@@ -131,11 +143,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
     need(t.log_every_steps > 0, f"train.log_every_steps must be positive, got {t.log_every_steps}")
     need(t.sharding in SHARDING_MODES, f"train.sharding={t.sharding!r} is unknown; allowed: {', '.join(SHARDING_MODES)}")
+    need(s.prediction in PREDICTIONS, f"diffusion.prediction={s.prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+    need(s.min_snr_gamma >= 0, f"diffusion.min_snr_gamma must not be negative, got {s.min_snr_gamma}")
+    need(0.0 <= t.label_dropout < 1.0, f"train.label_dropout must lie in [0, 1), got {t.label_dropout}")
     need(t.grad_clip_norm >= 0, f"train.grad_clip_norm must not be negative, got {t.grad_clip_norm}")
     need(config.checkpoint.every_steps > 0, f"checkpoint.every_steps must be positive, got {config.checkpoint.every_steps}")
     need(config.checkpoint.keep > 0, f"checkpoint.keep must be positive, got {config.checkpoint.keep}")
     need(config.sample.every_steps >= 0, f"sample.every_steps must not be negative, got {config.sample.every_steps}")
-    need(config.sample.num > 0, f"sample.num must be positive, got {config.sample.num}")
+    validate_sampling(config.sample, s.num_timesteps, m.num_classes)
+
+
+def validate_sampling(sample: ml_collections.ConfigDict, num_timesteps: int, num_classes: int) -> None:
+    """Raise `ConfigError` for sampling settings that cannot run (also used by ``jaxddpm sample``)."""
+    if sample.num <= 0:
+        raise ConfigError(f"sample.num must be positive, got {sample.num}")
+    if sample.sampler not in SAMPLERS:
+        raise ConfigError(f"sample.sampler={sample.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+    if sample.sampler == "ddim" and not 1 <= sample.steps <= num_timesteps:
+        raise ConfigError(f"sample.steps={sample.steps} must lie in [1, {num_timesteps}] (diffusion.num_timesteps)")
+    if sample.eta < 0:
+        raise ConfigError(f"sample.eta must not be negative, got {sample.eta}")
+    if num_classes == 0 and (sample.label != -1 or sample.guidance != 1.0):
+        raise ConfigError("sample.label and sample.guidance need a class-conditional model (model.num_classes > 0)")
+    if not -1 <= sample.label < max(num_classes, 1):
+        raise ConfigError(f"sample.label={sample.label} must lie in [0, {num_classes}) or be -1 (all classes)")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -143,17 +174,30 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
-    """Inverse of `to_json`; lists come back as tuples where the defaults use tuples."""
-    raw = json.loads(text)
-    config = ml_collections.ConfigDict(raw)
-    if "model" in config and "channels" in config.model:
-        config.model.channels = tuple(config.model.channels)
+    """Inverse of `to_json`. Saved values go over the current defaults (so a config saved
+    before a field existed gets its default); lists become tuples where defaults use tuples."""
+    config = _defaults()
+    for section, values in json.loads(text).items():
+        if section not in config or not isinstance(values, dict):
+            config[section] = values
+            continue
+        for field, value in values.items():
+            current = config[section].get(field)
+            config[section][field] = tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
     return config
+
+
+def _defaults() -> ml_collections.ConfigDict:
+    from jaxddpm.configs import default
+
+    return default.get_config()
 
 
 # The fields a checkpoint depends on: resuming with any of them changed is refused.
 COMPATIBILITY_FIELDS = (
-    "data.image_size", "data.channels", "model.channels", "model.time_emb_dim",
+    "data.image_size", "data.channels", "model.name", "model.num_classes", "model.channels", "model.time_emb_dim",
+    "model.base_channels", "model.channel_mult", "model.num_res_blocks", "model.attention_resolutions",
+    "model.norm_groups", "diffusion.prediction",
     "diffusion.schedule", "diffusion.num_timesteps", "diffusion.beta_start", "diffusion.beta_end",
     "train.seed", "train.batch_size", "train.learning_rate", "train.grad_clip_norm",
 )
@@ -172,7 +216,7 @@ def incompatibilities(saved: ml_collections.ConfigDict, current: ml_collections.
         try:
             a = get_field(saved, field)
         except (KeyError, AttributeError):
-            a = "<missing>"
+            a = get_field(_defaults(), field)  # saved before the field existed
         b = get_field(current, field)
         if a != b:
             out.append(f"{field} {a!r} -> {b!r}")

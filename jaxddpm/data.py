@@ -161,9 +161,15 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def get_batch(
-    images: jax.Array, step: jax.Array, key: jax.Array, batch_size: int, random_flip: bool
-) -> jax.Array:
-    """Batch number ``step`` of an epoch-wise shuffled pass over ``images``, in [-1, 1].
+    images: jax.Array,
+    step: jax.Array,
+    key: jax.Array,
+    batch_size: int,
+    random_flip: bool,
+    labels: jax.Array | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Batch number ``step`` of an epoch-wise shuffled pass over ``images``, in [-1, 1]
+    (with ``labels``: the batch and its labels).
 
     Each epoch is a permutation drawn from ``fold_in(key, epoch)`` and the last partial
     batch is dropped, so the batch depends only on (key, step): resuming needs no state.
@@ -178,4 +184,6 @@ def get_batch(
     if random_flip:
         flip = jax.random.bernoulli(jax.random.fold_in(flip_key, position), 0.5, (batch_size, 1, 1, 1))
         batch = jnp.where(flip, batch[:, :, ::-1, :], batch)
-    return batch
+    if labels is None:
+        return batch
+    return batch, labels[idx]

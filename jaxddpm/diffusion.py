@@ -16,6 +16,7 @@ import numpy as np
 from jaxddpm.schedule import Schedule, extract
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
+PREDICTIONS = ("eps", "x0", "v")  # what a model's output estimates
 
 
 def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
@@ -43,6 +44,110 @@ def predict_x0_from_eps(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: j
     return extract(schedule.sqrt_recip_alphas_cumprod, t, nd) * x_t - extract(
         schedule.sqrt_recipm1_alphas_cumprod, t, nd
     ) * eps
+
+
+def predict_eps_from_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
+    """The noise that takes ``x0`` to ``x_t`` at timestep t."""
+    nd = x_t.ndim
+    return (extract(schedule.sqrt_recip_alphas_cumprod, t, nd) * x_t - x0) / extract(
+        schedule.sqrt_recipm1_alphas_cumprod, t, nd
+    )
+
+
+def v_from_x0_eps(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+    """The velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022)."""
+    nd = x0.ndim
+    return extract(schedule.sqrt_alphas_cumprod, t, nd) * eps - extract(schedule.sqrt_one_minus_alphas_cumprod, t, nd) * x0
+
+
+def x0_eps_from_v(schedule: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x0, eps) from x_t and a velocity v: x0 = a x_t - s v, eps = s x_t + a v."""
+    nd = x_t.ndim
+    a = extract(schedule.sqrt_alphas_cumprod, t, nd)
+    s = extract(schedule.sqrt_one_minus_alphas_cumprod, t, nd)
+    return a * x_t - s * v, s * x_t + a * v
+
+
+def split_prediction(
+    schedule: Schedule, prediction: str, x_t: jax.Array, t: jax.Array, output: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(x0, eps) implied by a model ``output`` that estimates ``prediction`` at (x_t, t)."""
+    if prediction == "eps":
+        return predict_x0_from_eps(schedule, x_t, t, output), output
+    if prediction == "x0":
+        return output, predict_eps_from_x0(schedule, x_t, t, output)
+    if prediction == "v":
+        return x0_eps_from_v(schedule, x_t, t, output)
+    raise ValueError(f"prediction {prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+
+
+def prediction_target(schedule: Schedule, prediction: str, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+    """What a model predicting ``prediction`` should output for x_t = q_sample(x0, t, noise)."""
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return v_from_x0_eps(schedule, x0, t, noise)
+    raise ValueError(f"prediction {prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+
+
+def as_eps_fn(schedule: Schedule, prediction: str, model_fn: EpsFn) -> EpsFn:
+    """Wrap a model predicting ``prediction`` into a noise predictor for the samplers."""
+    if prediction == "eps":
+        return model_fn
+    return lambda x_t, t: split_prediction(schedule, prediction, x_t, t, model_fn(x_t, t))[1]
+
+
+def snr(schedule: Schedule, t: jax.Array) -> jax.Array:
+    """Signal-to-noise ratio abar_t / (1 - abar_t) at integer timesteps ``t``."""
+    abar = schedule.alphas_cumprod[t]
+    return abar / (1.0 - abar)
+
+
+def min_snr_weights(schedule: Schedule, t: jax.Array, prediction: str, gamma: float) -> jax.Array:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), per example.
+
+    They weight each timestep's x0 error by min(SNR, gamma); expressed on the target a
+    model predicts: min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0, and
+    min(SNR, gamma) / (SNR + 1) for v.
+    """
+    ratio = snr(schedule, t)
+    clipped = jnp.minimum(ratio, gamma)
+    if prediction == "eps":
+        return clipped / ratio
+    if prediction == "x0":
+        return clipped
+    if prediction == "v":
+        return clipped / (ratio + 1.0)
+    raise ValueError(f"prediction {prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+
+
+def prediction_loss(
+    schedule: Schedule,
+    output: jax.Array,
+    x0: jax.Array,
+    t: jax.Array,
+    noise: jax.Array,
+    *,
+    prediction: str = "eps",
+    min_snr_gamma: float = 0.0,
+) -> jax.Array:
+    """Mean squared error of a model ``output`` against its target.
+
+    With the defaults (noise prediction, no weighting) this is exactly `noise_mse`, the
+    article's loss. ``min_snr_gamma > 0`` weights each example by `min_snr_weights`.
+    """
+    target = prediction_target(schedule, prediction, x0, t, noise)
+    if min_snr_gamma <= 0:
+        return noise_mse(target, output)
+    per_example = jnp.mean(jnp.square(target - output), axis=tuple(range(1, x0.ndim)))
+    return jnp.mean(min_snr_weights(schedule, t, prediction, min_snr_gamma).astype(per_example.dtype) * per_example)
+
+
+def classifier_free_guidance(cond: jax.Array, uncond: jax.Array, scale: float | jax.Array) -> jax.Array:
+    """uncond + scale * (cond - uncond): 0 gives the unconditional and 1 the conditional output."""
+    return uncond + scale * (cond - uncond)
 
 
 def p_mean(schedule: Schedule, eps: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
@@ -122,3 +227,78 @@ def sample(
     if trajectory_steps is None:
         return x0
     return x0, buffer[: len(steps)]
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+    """``num_steps`` timesteps evenly spread over [0, T), descending, always ending at 0."""
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"DDIM steps must lie in [1, {num_timesteps}], got {num_steps}")
+    return np.unique(np.round(np.linspace(0, num_timesteps - 1, num_steps)).astype(np.int32))[::-1].copy()
+
+
+def ddim_step(
+    schedule: Schedule,
+    x_t: jax.Array,
+    t: jax.Array,
+    t_prev: jax.Array,
+    eps: jax.Array,
+    noise: jax.Array,
+    *,
+    eta: float | jax.Array,
+    clip_x0: bool = False,
+) -> jax.Array:
+    """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12); t_prev = -1 means x_0.
+
+    sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev). With
+    t_prev = t - 1 and eta = 1, sigma^2 is the posterior variance and the mean is the
+    posterior mean: the ancestral step. eta = 0 is deterministic.
+    """
+    nd = x_t.ndim
+    abar = extract(schedule.alphas_cumprod, t, nd)
+    abar_prev = jnp.where(
+        (t_prev >= 0).reshape(t_prev.shape + (1,) * (nd - t_prev.ndim)),
+        extract(schedule.alphas_cumprod, jnp.maximum(t_prev, 0), nd),
+        1.0,
+    )
+    x0 = predict_x0_from_eps(schedule, x_t, t, eps)
+    if clip_x0:
+        x0 = jnp.clip(x0, -1.0, 1.0)
+        eps = predict_eps_from_x0(schedule, x_t, t, x0)
+    sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev))
+    direction = jnp.sqrt(jnp.maximum(1.0 - abar_prev - sigma**2, 0.0)) * eps
+    return jnp.sqrt(abar_prev) * x0 + direction + sigma * noise
+
+
+def ddim_sample(
+    schedule: Schedule,
+    eps_fn: EpsFn,
+    key: jax.Array,
+    shape: Sequence[int],
+    *,
+    num_steps: int,
+    eta: float = 0.0,
+    clip_x0: bool = False,
+    dtype: jnp.dtype = jnp.float32,
+) -> jax.Array:
+    """DDIM sampling over `ddim_timesteps` as one `lax.scan`.
+
+    Keys are used as in `sample` (x_T from the first half of ``key``, step noise from the
+    second folded with the timestep), so with all T steps and eta = 1 it follows the same
+    noise as the ancestral sampler and reproduces it up to rounding.
+    """
+    shape = tuple(shape)
+    init_key, step_key = jax.random.split(key)
+    x_T = jax.random.normal(init_key, shape, dtype)
+    ts = ddim_timesteps(schedule.num_timesteps, num_steps)
+    t_prevs = np.append(ts[1:], -1).astype(np.int32)
+
+    def body(x, pair):
+        i, i_prev = pair
+        t = jnp.full((shape[0],), i, dtype=jnp.int32)
+        t_prev = jnp.full((shape[0],), i_prev, dtype=jnp.int32)
+        noise = jax.random.normal(jax.random.fold_in(step_key, i), shape, dtype)
+        x = ddim_step(schedule, x, t, t_prev, eps_fn(x, t), noise, eta=eta, clip_x0=clip_x0).astype(dtype)
+        return x, None
+
+    x0, _ = jax.lax.scan(body, x_T, (jnp.asarray(ts), jnp.asarray(t_prevs)))
+    return x0

@@ -181,6 +181,18 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "subpixel
     return _IMPLS[impl](x, kernel)
 
 
+def label_embedding(num_classes: int, features: int, labels: jax.Array | None, batch: int, **kw) -> jax.Array | float:
+    """Embedding of class labels (``num_classes`` = the null label), or 0 for an
+    unconditional model. Must be called inside a compact module; creates "label_emb"."""
+    if num_classes <= 0:
+        if labels is not None:
+            raise ValueError("labels were given to a model with num_classes=0")
+        return 0.0
+    if labels is None:
+        labels = jnp.full((batch,), num_classes, jnp.int32)
+    return nn.Embed(num_classes + 1, features, name="label_emb", **kw)(labels)
+
+
 class ConvTranspose4x4(nn.Module):
     """A 4x4, stride-2, padding-1 transposed convolution that doubles H and W."""
 
@@ -234,14 +246,18 @@ class SimpleUNet(nn.Module):
     out_channels: int = 3
     time_emb_dim: int = 32
     upsample_impl: str = "subpixel"
+    num_classes: int = 0  # > 0: class-conditional, label num_classes meaning "no label"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self, x_BxHxWxC: jax.Array, t_B: jax.Array, train: bool, labels_B: jax.Array | None = None
+    ) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         t_emb = sinusoidal_embedding(t_B, self.time_emb_dim, self.dtype)
         t_emb = nn.relu(nn.Dense(self.time_emb_dim, name="time_mlp", **kw)(t_emb))
+        t_emb = t_emb + label_embedding(self.num_classes, self.time_emb_dim, labels_B, t_B.shape[0], **kw)
 
         x = nn.Conv(self.channels[0], (3, 3), padding=((1, 1), (1, 1)), name="init_conv", **kw)(x_BxHxWxC)
         skips = []

@@ -21,9 +21,38 @@ def linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np.n
     return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
+def quadratic_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
+    """Betas whose square roots are evenly spaced (the original DDPM code's "quad")."""
+    return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
+
+
+def sigmoid_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
+    """Betas following a sigmoid from ``beta_start`` to ``beta_end`` over [-6, 6] (GeoDiff)."""
+    s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, num_timesteps, dtype=np.float64)))
+    return s * (beta_end - beta_start) + beta_start
+
+
+COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal (2021), eq. 17
+COSINE_MAX_BETA = 0.999
+
+
+def cosine_betas(num_timesteps: int, beta_start: float = 0.0, beta_end: float = 0.0) -> np.ndarray:
+    """Nichol & Dhariwal (2021): alpha_bar(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t/T + s) / (1 + s)),
+    betas clipped at 0.999. ``beta_start`` and ``beta_end`` are not used."""
+    steps = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
+    f = np.cos((steps + COSINE_OFFSET) / (1.0 + COSINE_OFFSET) * np.pi / 2.0) ** 2
+    alphas_cumprod = f / f[0]
+    return np.minimum(1.0 - alphas_cumprod[1:] / alphas_cumprod[:-1], COSINE_MAX_BETA)
+
+
 # Each entry maps (num_timesteps, beta_start, beta_end) to float64 betas. New schedules
 # register here and become selectable by name in `make_schedule` and in configs.
-BETA_SCHEDULES: dict[str, BetaFn] = {"linear": linear_betas}
+BETA_SCHEDULES: dict[str, BetaFn] = {
+    "linear": linear_betas,
+    "cosine": cosine_betas,
+    "quadratic": quadratic_betas,
+    "sigmoid": sigmoid_betas,
+}
 
 
 @flax.struct.dataclass

@@ -81,14 +81,27 @@ def apply_update(
     tx: optax.GradientTransformation,
     schedule: Schedule,
     ema_decay: float,
+    labels: jax.Array | None = None,
+    dropout_key: jax.Array | None = None,
+    prediction: str = "eps",
+    min_snr_gamma: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step for given x0, timesteps and noise. Deterministic."""
+    """One optimizer step for given x0, timesteps and noise (and labels, dropout key).
+
+    Deterministic. With the defaults it is the article's step: noise prediction, plain
+    mean squared error, BatchNorm statistics updated.
+    """
+    rngs = {} if dropout_key is None else {"dropout": dropout_key}
+    label_args = () if labels is None else (labels,)
 
     def loss_fn(params):
         x_t = diffusion.q_sample(schedule, x0, t, noise)
         variables = {"params": params, "batch_stats": state.batch_stats}
-        eps, updates = model.apply(variables, x_t, t, train=True, mutable=["batch_stats"])
-        return diffusion.noise_mse(noise, eps), updates["batch_stats"]
+        out, updates = model.apply(variables, x_t, t, True, *label_args, mutable=["batch_stats"], rngs=rngs)
+        loss = diffusion.prediction_loss(
+            schedule, out.astype(x0.dtype), x0, t, noise, prediction=prediction, min_snr_gamma=min_snr_gamma
+        )
+        return loss, updates.get("batch_stats", state.batch_stats)
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -103,6 +116,13 @@ def apply_update(
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
+def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+    """Replace each label by ``null_label`` with probability ``rate`` (classifier-free guidance)."""
+    if rate <= 0:
+        return labels
+    return jnp.where(jax.random.bernoulli(key, rate, labels.shape), null_label, labels)
+
+
 def train_step(
     state: TrainState,
     batch: jax.Array,
@@ -112,15 +132,26 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: Schedule,
     ema_decay: float = 0.999,
+    labels: jax.Array | None = None,
+    label_dropout: float = 0.0,
+    prediction: str = "eps",
+    min_snr_gamma: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One training step on a batch of images in [-1, 1].
+    """One training step on a batch of images in [-1, 1] (and their class labels).
 
     ``key`` is the run's key; the step's timesteps and noise come from it folded with the
-    step counter, so a resumed run draws exactly what an uninterrupted one would.
+    step counter, so a resumed run draws exactly what an uninterrupted one would. Dropout
+    and label dropout draw from a separate branch of the same key.
     """
     step_key = jax.random.fold_in(key, state.step)
     t, noise = draw_timesteps_and_noise(step_key, batch, schedule.num_timesteps)
-    return apply_update(state, batch, t, noise, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay)
+    dropout_key, label_key = jax.random.split(jax.random.fold_in(step_key, 1))
+    if labels is not None:
+        labels = drop_labels(label_key, labels, label_dropout, getattr(model, "num_classes", 0))
+    return apply_update(
+        state, batch, t, noise, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay,
+        labels=labels, dropout_key=dropout_key, prediction=prediction, min_snr_gamma=min_snr_gamma,
+    )
 
 
 def jit_train_step(

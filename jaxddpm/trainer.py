@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxddpm import checkpoint, config as config_lib, data, diffusion, images, parallel
 from jaxddpm.model import SimpleUNet
+from jaxddpm.unet import DDPMUNet
 from jaxddpm.schedule import Schedule, make_schedule
 from jaxddpm.train import TrainState, create_train_state, make_optimizer, train_step
 
@@ -69,15 +70,29 @@ def _truncate_metrics(path: str, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-def build_model(config: ml_collections.ConfigDict) -> SimpleUNet:
+def build_model(config: ml_collections.ConfigDict) -> SimpleUNet | DDPMUNet:
     """The model a config describes (config values become typed fields here)."""
     m = config.model
+    dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+    if m.name == "ddpm_unet":
+        return DDPMUNet(
+            out_channels=config.data.channels,
+            base_channels=m.base_channels,
+            channel_mult=tuple(m.channel_mult),
+            num_res_blocks=m.num_res_blocks,
+            attention_resolutions=tuple(m.attention_resolutions),
+            dropout=m.dropout,
+            norm_groups=m.norm_groups,
+            num_classes=m.num_classes,
+            dtype=dtype,
+        )
     return SimpleUNet(
         channels=tuple(m.channels),
         out_channels=config.data.channels,
         time_emb_dim=m.time_emb_dim,
         upsample_impl=m.upsample_impl,
-        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+        num_classes=m.num_classes,
+        dtype=dtype,
     )
 
 
@@ -100,42 +115,94 @@ def create_sharded_state(model, tx, key: jax.Array, image_shape, mesh, mode: str
 
 
 def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mesh=None, state_shardings=None):
-    """Compiled ``(state, images, data_key, step_key) -> (state, metrics)``.
+    """Compiled ``(state, images, labels, data_key, step_key) -> (state, metrics)``.
 
-    The batch is gathered, flipped and scaled on the device from the resident uint8
-    dataset, so a step needs nothing from the host. On a ``mesh`` the global batch is
-    split over its devices (each gathers only its own rows) and the state keeps
-    ``state_shardings``. (One step per call: XLA:CPU runs a training step inside
-    `lax.scan` far slower than the same step on its own.)
+    The batch (and, for a conditional model, its labels) is gathered, flipped and scaled on
+    the device from the resident uint8 dataset, so a step needs nothing from the host. On a
+    ``mesh`` the global batch is split over its devices (each gathers only its own rows)
+    and the state keeps ``state_shardings``. (One step per call: XLA:CPU runs a training
+    step inside `lax.scan` far slower than the same step on its own.)
     """
     t = config.train
-    step_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, ema_decay=t.ema_decay)
+    step_fn = functools.partial(
+        train_step, model=model, tx=tx, schedule=schedule, ema_decay=t.ema_decay, label_dropout=t.label_dropout,
+        prediction=config.diffusion.prediction, min_snr_gamma=config.diffusion.min_snr_gamma,
+    )
+    conditional = config.model.num_classes > 0
 
-    def step(state: TrainState, images_u8: jax.Array, data_key: jax.Array, step_key: jax.Array):
-        batch = data.get_batch(images_u8, state.step, data_key, t.batch_size, config.data.random_flip)
+    def step(state: TrainState, images_u8: jax.Array, labels: jax.Array, data_key: jax.Array, step_key: jax.Array):
+        batch = data.get_batch(images_u8, state.step, data_key, t.batch_size, config.data.random_flip, labels if conditional else None)
+        batch, batch_labels = batch if conditional else (batch, None)
         if mesh is not None:
             batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharding(mesh))
-        return step_fn(state, batch, step_key)
+        return step_fn(state, batch, step_key, labels=batch_labels)
 
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     return jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, parallel.replicated(mesh)))
 
 
-def make_sampler(model: SimpleUNet, schedule: Schedule, shape: tuple[int, ...], mesh=None):
-    """Compiled ``(variables, key) -> images``: the whole reverse chain in one program.
+def sampler_options(config: ml_collections.ConfigDict, **overrides) -> dict:
+    """`make_sampler` keyword arguments from a config's ``diffusion`` and ``sample`` sections."""
+    s = config.sample
+    options = dict(
+        prediction=config.diffusion.prediction, sampler=s.sampler, steps=s.steps, eta=s.eta,
+        clip_x0=s.clip_x0, guidance=s.guidance,
+    )
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return options
 
+
+def sample_labels(num: int, num_classes: int, label: int = -1) -> np.ndarray | None:
+    """Labels for ``num`` samples: all ``label``, or cycling through the classes if -1;
+    None for an unconditional model."""
+    if num_classes <= 0:
+        return None
+    if label >= 0:
+        return np.full((num,), label, np.int32)
+    return (np.arange(num) % num_classes).astype(np.int32)
+
+
+def make_sampler(
+    model,
+    schedule: Schedule,
+    shape: tuple[int, ...],
+    mesh=None,
+    *,
+    prediction: str = "eps",
+    sampler: str = "ancestral",
+    steps: int = 0,
+    eta: float = 0.0,
+    clip_x0: bool = False,
+    guidance: float = 1.0,
+):
+    """Compiled ``(variables, key, labels=None) -> images``: the whole chain in one program.
+
+    ``sampler`` is "ancestral" (the article's, all T steps) or "ddim" (``steps`` steps,
+    ``eta``). For a conditional model, ``labels`` selects the classes and ``guidance`` is
+    the classifier-free guidance scale (both predictions come from one batched call).
     On a ``mesh`` the batch is split over the devices when the device count divides it,
     and the result is replicated so that every process can read it.
     """
     shard = mesh is not None and shape[0] % mesh.size == 0
+    num_classes = getattr(model, "num_classes", 0)
 
-    def run(variables, key):
-        def eps_fn(x, t):
+    def run(variables, key, labels=None):
+        def model_fn(x, t):
             if shard:
                 x = jax.lax.with_sharding_constraint(x, parallel.batch_sharding(mesh))
-            return model.apply(variables, x, t, train=False).astype(jnp.float32)
+            if labels is None or guidance == 0.0:
+                return model.apply(variables, x, t, False).astype(jnp.float32)
+            if guidance == 1.0:
+                return model.apply(variables, x, t, False, labels).astype(jnp.float32)
+            both = jnp.concatenate([labels, jnp.full_like(labels, num_classes)])
+            out = model.apply(variables, jnp.concatenate([x, x]), jnp.concatenate([t, t]), False, both)
+            cond, uncond = jnp.split(out.astype(jnp.float32), 2)
+            return diffusion.classifier_free_guidance(cond, uncond, guidance)
 
+        eps_fn = diffusion.as_eps_fn(schedule, prediction, model_fn)
+        if sampler == "ddim":
+            return diffusion.ddim_sample(schedule, eps_fn, key, shape, num_steps=steps, eta=eta, clip_x0=clip_x0)
         return diffusion.sample(schedule, eps_fn, key, shape)
 
     if mesh is None:
@@ -247,6 +314,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     dataset = data.load_dataset(config.data)
     if len(dataset) < config.train.batch_size:
         raise data.DataError(f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images")
+    num_classes = config.model.num_classes
+    if num_classes > 0 and not (dataset.labels.min() >= 0 and dataset.labels.max() < num_classes):
+        found = "no labels" if dataset.labels.max() < 0 else f"labels in [{dataset.labels.min()}, {dataset.labels.max()}]"
+        raise data.DataError(
+            f"model.num_classes={num_classes} needs labels in [0, {num_classes}) but the dataset has {found}; "
+            + (f"set model.num_classes={dataset.num_classes} or 0" if dataset.num_classes > 0 else "set model.num_classes=0")
+        )
 
     main = parallel.is_main_process()  # process 0 writes everything but the checkpoints
     os.makedirs(workdir, exist_ok=True)
@@ -285,8 +359,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     start = int(state.step)
     total = total_steps(config, len(dataset))
     images_dev = parallel.put_replicated(dataset.images, mesh)
+    labels_dev = parallel.put_replicated(dataset.labels, mesh)
     step_fn = make_train_step(model, tx, schedule, config, mesh, state_shardings)
-    sampler = make_sampler(model, schedule, (config.sample.num, *image_shape), mesh)
+    sampler = make_sampler(model, schedule, (config.sample.num, *image_shape), mesh, **sampler_options(config))
+    grid_labels = sample_labels(config.sample.num, config.model.num_classes, config.sample.label)
     meta = dict(config=json.loads(config_lib.to_json(config)), process_count=jax.process_count())
 
     writer = metrics_file = None
@@ -350,7 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         progress.update(len(losses), f"loss {float(losses[-1]):.4f}")
 
     def write_samples(step: int, name: str) -> None:
-        samples = np.asarray(sampler(sampling_variables(state), jax.random.fold_in(jax.random.key(config.train.seed), step)))
+        key = jax.random.fold_in(jax.random.key(config.train.seed), step)
+        samples = np.asarray(sampler(sampling_variables(state), key, grid_labels))
         if not main:
             return
         images.save_grid(os.path.join(workdir, "samples", name), samples)
@@ -366,7 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             stack.callback(metrics_file.close)
         stack.callback(progress.close)
         while step < total:
-            state, metrics = step_fn(state, images_dev, data_key, step_key)
+            state, metrics = step_fn(state, images_dev, labels_dev, data_key, step_key)
             pending.append(metrics)
             step += 1
             due_checkpoint = step % config.checkpoint.every_steps == 0 or step == total

@@ -98,7 +98,7 @@ def test_schedule_is_a_pytree_usable_under_jit():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(kind="quadratic-ish"), "schedule kind 'quadratic-ish' is unknown; allowed: linear"),
+        (dict(kind="quadratic-ish"), "schedule kind 'quadratic-ish' is unknown; allowed: cosine, linear, quadratic, sigmoid"),
         (dict(num_timesteps=0), "num_timesteps must be a positive integer"),
         (dict(num_timesteps=2.5), "num_timesteps must be a positive integer"),
         (dict(beta_start=0.0), "betas must lie in (0, 1)"),

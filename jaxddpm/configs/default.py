@@ -19,9 +19,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.cache_dir = ""  # where decoded TFDS images are cached ('' = ~/.cache/jaxddpm)
 
     c.model = ml_collections.ConfigDict()
+    c.model.name = "simple_unet"  # simple_unet (the article's) | ddpm_unet (residual, GroupNorm, attention)
+    c.model.num_classes = 0  # > 0: class-conditional on the dataset's labels (classifier-free guidance)
+    # simple_unet:
     c.model.channels = (64, 128, 256, 512, 1024)
     c.model.time_emb_dim = 32
     c.model.upsample_impl = "subpixel"  # subpixel | phases | dilated (same math)
+    # ddpm_unet:
+    c.model.base_channels = 64
+    c.model.channel_mult = (1, 2, 2, 2)  # one level per entry; all but the last halve H and W
+    c.model.num_res_blocks = 2
+    c.model.attention_resolutions = (16,)  # feature-map sides that get self-attention
+    c.model.dropout = 0.1
+    c.model.norm_groups = 32
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
     c.diffusion = ml_collections.ConfigDict()
@@ -29,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.diffusion.num_timesteps = 300
     c.diffusion.beta_start = 1e-4
     c.diffusion.beta_end = 0.02
+    c.diffusion.prediction = "eps"  # what the model predicts: eps (the article) | x0 | v
+    c.diffusion.min_snr_gamma = 0.0  # > 0: min-SNR-gamma loss weighting (5.0 is common)
 
     c.train = ml_collections.ConfigDict()
     c.train.seed = 0
@@ -38,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.num_epochs = 300
     c.train.num_steps = 0  # > 0 overrides num_epochs
     c.train.ema_decay = 0.999
+    c.train.label_dropout = 0.1  # share of labels replaced by "no label" (conditional models)
     c.train.sharding = "replicated"  # train state over the devices: replicated | fsdp (split large arrays)
     c.train.log_every_steps = 100
 
@@ -48,4 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict()
     c.sample.every_steps = 10000  # sample grid during training; 0 = only at the end
     c.sample.num = 64
+    c.sample.sampler = "ancestral"  # ancestral (the article's, T steps) | ddim
+    c.sample.steps = 50  # ddim only: number of steps
+    c.sample.eta = 0.0  # ddim only: 0 = deterministic, 1 = ancestral-like noise
+    c.sample.clip_x0 = False  # ddim only: clip the predicted x0 to [-1, 1]
+    c.sample.guidance = 1.0  # conditional models: 0 = unconditional, 1 = conditional, > 1 = guided
+    c.sample.label = -1  # conditional models: the class to draw; -1 cycles through all classes
     return c
