@@ -149,6 +149,46 @@ def _sample(argv: list[str]) -> int:
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="jaxddpm eval", description="Evaluate a workdir's latest checkpoint; results go to WORKDIR/eval/*.json.")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--metric", action="append", help="bpd, quality or fid; repeat for several (default: bpd and quality)")
+    parser.add_argument("--fresh", action="store_true", help="evaluate the freshly initialised model of the workdir's config instead")
+    parser.add_argument("--num-samples", type=int, default=1000, help="samples for quality and fid (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=250, help="samples drawn per compiled call (default 250)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.num_samples < 2 or args.batch_size < 1:
+        return _fail(f"--num-samples must be >= 2 and --batch-size >= 1, got {args.num_samples} and {args.batch_size}", USAGE_ERROR)
+
+    from jaxddpm.checkpoint import CheckpointError
+    from jaxddpm.data import DataError
+    from jaxddpm.evaluate import EvalError, evaluate
+
+    try:
+        results = evaluate(
+            args.workdir, tuple(args.metric or ("bpd", "quality")), fresh=args.fresh,
+            num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+        )
+    except (CheckpointError, EvalError, DataError) as e:
+        return _fail(str(e), USAGE_ERROR)
+    except OSError as e:
+        return _fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
+    for name, r in results.items():
+        if name == "bpd":
+            line = f"{r['bpd']:.4f} bits/dim (prior {r['prior_bpd']:.4f}, decoder {r['decoder_bpd']:.4f}) on {r['num_images']} {r['images']} images"
+        elif name == "quality":
+            s, real = r["samples"], r["real"]
+            line = (
+                f"confident-label share {s['confident_share']:.3f} (real {real['confident_share']:.3f}, ratio {r['confident_share_vs_real']:.3f}), "
+                f"classes {s['classes_present']}/{s['num_classes']}, Frechet distance {s['frechet_distance']:.3f} (real {real['frechet_distance']:.3f})"
+            )
+        else:
+            line = f"FID {r['fid']:.3f} ({r['num_samples']} samples)"
+        print(f"{name} at step {r['step']}{' (fresh)' if r['fresh'] else ''}: {line}; {r.get('path', '')}")
+    return 0
+
+
 def _parity(argv: list[str]) -> int:
     try:
         from parity.report import main
@@ -176,6 +216,7 @@ def _bench(argv: list[str]) -> int:
 COMMANDS = {
     "train": ("train a model (default config: quickstart); resumes from the workdir", _train),
     "sample": ("sample from a workdir's latest checkpoint", _sample),
+    "eval": ("bits/dim, classifier score and FID of a workdir's model", _eval),
     "convert": ("convert weights between the article's PyTorch model and a jaxddpm workdir", _convert),
     "parity": ("check jaxddpm against the PyTorch reference (python -m parity)", _parity),
     "bench": ("time jaxddpm against the PyTorch reference on this device", _bench),

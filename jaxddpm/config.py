@@ -113,6 +113,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(d.source in DATA_SOURCES, f"data.source={d.source!r} is unknown; allowed: {', '.join(DATA_SOURCES)}")
     need(d.source != "folder" or bool(d.path), "data.path must name an image folder when data.source=folder")
     need(d.channels in (1, 3), f"data.channels must be 1 or 3, got {d.channels}")
+    need(d.holdout >= 0, f"data.holdout must not be negative, got {d.holdout}")
     need(m.name in MODELS, f"model.name={m.name!r} is unknown; allowed: {', '.join(MODELS)}")
     need(m.num_classes >= 0, f"model.num_classes must not be negative, got {m.num_classes}")
     if m.name == "simple_unet":
@@ -195,7 +196,7 @@ def _defaults() -> ml_collections.ConfigDict:
 
 # The fields a checkpoint depends on: resuming with any of them changed is refused.
 COMPATIBILITY_FIELDS = (
-    "data.image_size", "data.channels", "model.name", "model.num_classes", "model.channels", "model.time_emb_dim",
+    "data.image_size", "data.channels", "data.holdout", "model.name", "model.num_classes", "model.channels", "model.time_emb_dim",
     "model.base_channels", "model.channel_mult", "model.num_res_blocks", "model.attention_resolutions",
     "model.norm_groups", "diffusion.prediction",
     "diffusion.schedule", "diffusion.num_timesteps", "diffusion.beta_start", "diffusion.beta_end",

@@ -138,8 +138,34 @@ def _save_atomically(path: str, dataset: ImageDataset) -> None:
         pass  # the cache is an optimisation; an unwritable cache directory is not an error
 
 
+HOLDOUT_SEED = 0  # the held-out images are a fixed choice, independent of train.seed
+
+
+def split_holdout(dataset: ImageDataset, holdout: int) -> tuple[ImageDataset, ImageDataset]:
+    """(training, held-out) datasets: ``holdout`` images chosen by a fixed permutation.
+
+    Training never sees the held-out images; evaluation (bits/dim, the quickstart's
+    classifier score) uses them.
+    """
+    if not 0 <= holdout < len(dataset):
+        raise DataError(f"data.holdout={holdout} must lie in [0, {len(dataset)}) for this dataset of {len(dataset)} images")
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(len(dataset))
+    held, kept = np.sort(order[:holdout]), np.sort(order[holdout:])
+
+    def subset(idx):
+        return ImageDataset(dataset.images[idx], dataset.labels[idx], dataset.num_classes, dataset.skipped)
+
+    return subset(kept), subset(held)
+
+
+def load_split(data_config, split: str) -> ImageDataset:
+    """The "train" or "holdout" part of the dataset a config's ``data`` section describes."""
+    train, held = split_holdout(load_dataset(data_config), data_config.holdout)
+    return {"train": train, "holdout": held}[split]
+
+
 def load_dataset(data_config) -> ImageDataset:
-    """The dataset a config's ``data`` section describes."""
+    """The dataset a config's ``data`` section describes (all of it; see `load_split`)."""
     d = data_config
     if d.source == "digits":
         return load_digits(d.image_size, d.channels)

@@ -279,16 +279,19 @@ def ddim_sample(
     eta: float = 0.0,
     clip_x0: bool = False,
     dtype: jnp.dtype = jnp.float32,
+    x_T: jax.Array | None = None,
 ) -> jax.Array:
     """DDIM sampling over `ddim_timesteps` as one `lax.scan`.
 
     Keys are used as in `sample` (x_T from the first half of ``key``, step noise from the
     second folded with the timestep), so with all T steps and eta = 1 it follows the same
-    noise as the ancestral sampler and reproduces it up to rounding.
+    noise as the ancestral sampler and reproduces it up to rounding. Pass ``x_T`` to start
+    from given noise instead (with eta = 0 the result is then a function of x_T alone).
     """
     shape = tuple(shape)
     init_key, step_key = jax.random.split(key)
-    x_T = jax.random.normal(init_key, shape, dtype)
+    if x_T is None:
+        x_T = jax.random.normal(init_key, shape, dtype)
     ts = ddim_timesteps(schedule.num_timesteps, num_steps)
     t_prevs = np.append(ts[1:], -1).astype(np.int32)
 

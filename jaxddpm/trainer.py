@@ -311,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
     _check_workdir(workdir, config)
-    dataset = data.load_dataset(config.data)
+    dataset = data.load_split(config.data, "train")
     if len(dataset) < config.train.batch_size:
         raise data.DataError(f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images")
     num_classes = config.model.num_classes

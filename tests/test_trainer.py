@@ -113,7 +113,7 @@ def test_incompatible_workdir_is_refused_and_untouched(tmp_path, capsys):
         (["--config.data.image_size=17"], "cannot be halved"),
         (["--config.train.batch_size=-1"], "train.batch_size must be positive"),
         (["--config.data.source=folder", "--config.data.path=/nonexistent/dir"], "is not a readable directory"),
-        (["--config.train.batch_size=5000"], "exceeds the dataset's 1797 images"),
+        (["--config.train.batch_size=5000"], "exceeds the dataset's 1500 images"),
         (["--oops"], "unrecognised argument '--oops'"),
     ],
 )

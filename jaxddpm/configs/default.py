@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.image_size = 64  # images are resized (not cropped) to image_size x image_size
     c.data.channels = 3  # 3 = RGB, 1 = greyscale
     c.data.random_flip = True  # random horizontal flip, drawn on the device per step
+    c.data.holdout = 0  # images kept out of training for evaluation (a fixed random choice)
     c.data.cache_dir = ""  # where decoded TFDS images are cached ('' = ~/.cache/jaxddpm)
 
     c.model = ml_collections.ConfigDict()

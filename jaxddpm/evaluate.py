@@ -1,0 +1,182 @@
+"""``jaxddpm eval``: bits/dim, the classifier score and FID of a workdir's model.
+
+Results go to ``WORKDIR/eval/`` as JSON, one file per (metric, step, seed); the same call
+returns them as a dict. Held-out images (``data.holdout``) are used where the metric
+needs real images the model never saw.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxddpm import classifier, data, likelihood, metrics, trainer
+from jaxddpm.generate import load_workdir, sample_images
+from jaxddpm.train import TrainState, make_optimizer
+
+METRICS = ("bpd", "quality", "fid")
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run; the message says what is missing."""
+
+
+def default_cache_dir(config) -> str:
+    return config.data.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "jaxddpm")
+
+
+def model_variables(config, state: TrainState) -> dict:
+    return trainer.sampling_variables(state)
+
+
+def fresh_state(config) -> TrainState:
+    """The step-0 state that training with this config starts from."""
+    model = trainer.build_model(config)
+    tx = make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
+    init_key = trainer.run_keys(config.train.seed)[0]
+    shape = (config.data.image_size, config.data.image_size, config.data.channels)
+    return trainer.create_sharded_state(model, tx, init_key, shape, trainer.parallel.make_mesh())
+
+
+def bits_per_dim(config, state: TrainState, images_u8: np.ndarray, *, seed: int = 0, batch_size: int = 128) -> dict:
+    """The variational bound in bits/dim on ``images_u8``: total, prior, and per timestep."""
+    model, schedule = trainer.build_model(config), trainer.build_schedule(config)
+    variables = model_variables(config, state)
+    prediction = config.diffusion.prediction
+
+    @jax.jit
+    def run(x0, key):
+        model_fn = lambda x, t: model.apply(variables, x, t, False).astype(jnp.float32)  # noqa: E731
+        return likelihood.bpd_terms(schedule, trainer.diffusion.as_eps_fn(schedule, prediction, model_fn), x0, key)
+
+    priors, terms = [], []
+    n = len(images_u8)
+    batch_size = min(batch_size, n)
+    for i, start in enumerate(range(0, n, batch_size)):
+        chunk = images_u8[start : start + batch_size]
+        padded = np.concatenate([chunk, images_u8[: batch_size - len(chunk)]]) if len(chunk) < batch_size else chunk
+        prior, term = run(data.to_model_range(jnp.asarray(padded)), jax.random.fold_in(jax.random.key(seed), i))
+        priors.append(np.asarray(prior)[: len(chunk)])
+        terms.append(np.asarray(term)[:, : len(chunk)])
+    prior, term = np.concatenate(priors), np.concatenate(terms, axis=1)  # (N,), (T, N)
+    total = prior + term.sum(axis=0)
+    return {
+        "bpd": float(total.mean()),
+        "bpd_stderr": float(total.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0,
+        "prior_bpd": float(prior.mean()),
+        "decoder_bpd": float(term[0].mean()),
+        "timestep_bpd": term.mean(axis=1).tolist(),  # index t: the bound's term at 0-based timestep t
+        "num_images": n,
+    }
+
+
+def _real_and_held_out(config) -> tuple[data.ImageDataset, data.ImageDataset]:
+    full = data.load_dataset(config.data)
+    return data.split_holdout(full, config.data.holdout)
+
+
+def quality(config, state: TrainState, train_set, held_out, *, num_samples: int, seed: int, batch_size: int) -> dict:
+    """The classifier score of samples next to the same score of real training images."""
+    if train_set.num_classes <= 0 or held_out.labels.min(initial=0) < 0:
+        raise EvalError("the quality metric needs a labelled dataset (e.g. the quickstart's digits)")
+    if len(held_out) < 10 * train_set.num_classes:
+        raise EvalError(f"the quality metric trains its classifier on held-out images: set data.holdout >= {10 * train_set.num_classes}")
+    params = classifier.cached_classifier(held_out.images, held_out.labels, train_set.num_classes, default_cache_dir(config))
+    probs_fn, features_fn = classifier.classifier_fns(params, train_set.num_classes)
+    real_idx = np.random.default_rng(seed).choice(len(train_set), size=min(num_samples, len(train_set)), replace=False)
+    real = train_set.images[real_idx]
+    reference = metrics.feature_statistics(metrics.batched_features(features_fn, train_set.images))
+
+    samples, _ = sample_images(config, state, num_samples, seed, batch_size=batch_size)
+    samples_u8 = data.to_uint8(samples)
+
+    def score(images_u8):
+        result = metrics.classifier_score(metrics.batched_features(probs_fn, images_u8))
+        result["frechet_distance"] = metrics.fid(features_fn, images_u8, reference)
+        return result
+
+    real_score, sample_score = score(real), score(samples_u8)
+    held_acc = float(np.mean(metrics.batched_features(probs_fn, real).argmax(1) == train_set.labels[real_idx]))
+    return {
+        "samples": sample_score,
+        "real": real_score,
+        "confident_share_vs_real": sample_score["confident_share"] / max(real_score["confident_share"], 1e-12),
+        "classifier_accuracy_on_real": held_acc,
+        "num_samples": num_samples,
+        "classifier": f"SmallCNN trained on the {len(held_out)} held-out images; real = {len(real)} training images",
+    }
+
+
+def evaluate(
+    workdir: str,
+    metric_names: tuple[str, ...] = ("bpd", "quality"),
+    *,
+    fresh: bool = False,
+    num_samples: int = 1000,
+    seed: int = 0,
+    batch_size: int = 250,
+    feature_fn: metrics.FeatureFn | None = None,
+    feature_name: str = "inception",
+    write: bool = True,
+) -> dict:
+    """Evaluate a workdir's latest checkpoint (EMA parameters), or with ``fresh`` the
+    freshly initialised model of its config. ``feature_fn`` replaces the Inception network
+    for FID (e.g. a stand-in); by default it is loaded as `inception_feature_fn` says."""
+    for name in metric_names:
+        if name not in METRICS:
+            raise EvalError(f"metric {name!r} is unknown; allowed: {', '.join(METRICS)}")
+    config, state = load_workdir(workdir)
+    if fresh:
+        state = fresh_state(config)
+    step = int(state.step)
+    train_set, held_out = _real_and_held_out(config)
+    results = {}
+    for name in metric_names:
+        start = time.perf_counter()
+        if name == "bpd":
+            images = held_out.images if len(held_out) else train_set.images
+            result = bits_per_dim(config, state, images, seed=seed)
+            result["images"] = "held-out" if len(held_out) else "training (data.holdout = 0)"
+        elif name == "quality":
+            result = quality(config, state, train_set, held_out, num_samples=num_samples, seed=seed, batch_size=batch_size)
+        else:
+            fn = feature_fn or inception_feature_fn()
+            reference = metrics.reference_statistics(
+                fn, train_set.images, default_cache_dir(config), f"{feature_name}-{config.data.source}-{config.data.image_size}"
+            )
+            samples, _ = sample_images(config, state, num_samples, seed, batch_size=batch_size)
+            result = {"fid": metrics.fid(fn, data.to_uint8(samples), reference), "num_samples": num_samples, "features": feature_name}
+        result.update(metric=name, step=step, fresh=fresh, seed=seed, seconds=round(time.perf_counter() - start, 1))
+        results[name] = result
+        if write and jax.process_index() == 0:
+            out_dir = os.path.join(workdir, "eval")
+            os.makedirs(out_dir, exist_ok=True)
+            path = os.path.join(out_dir, f"{name}_step{step}{'_fresh' if fresh else ''}_seed{seed}.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(path + ".tmp", path)
+            result["path"] = path
+    return results
+
+
+@functools.cache
+def inception_feature_fn() -> metrics.FeatureFn:
+    """The standard FID network (pytorch-fid's Inception-v3 pool features, 2048-d).
+
+    Needs the ``fid`` extra (PyTorch and pytorch-fid) and the weights file
+    ``pt_inception-2015-12-05-6726825d.pth``, found at ``$JAXDDPM_INCEPTION_WEIGHTS`` or in
+    PyTorch's hub cache (``~/.cache/torch/hub/checkpoints``).
+    """
+    try:
+        from parity.inception import load_fid_inception
+
+        return load_fid_inception(os.environ.get("JAXDDPM_INCEPTION_WEIGHTS", ""))
+    except ImportError as e:
+        raise EvalError(f"FID needs PyTorch and pytorch-fid ({e}); install them with: pip install 'jaxddpm[fid]'") from None
+
