@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from jaxddpm import cli, parallel
+from jaxddpm.evaluate import fresh_state
 from jaxddpm.generate import load_workdir, sample_workdir
 from jaxddpm.trainer import train_and_evaluate
 from tests.helpers import tiny_argv, tiny_config
@@ -53,21 +54,30 @@ def losses(workdir: str) -> np.ndarray:
     return np.asarray([json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))])
 
 
-def assert_states_match(state, reference) -> None:
-    """Equal up to float32 reduction order: the step exactly; every other array leaf close.
+def flat(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
 
-    Adam divides each update by the root of its own second moment, so an element whose
-    gradient is near zero can move by up to the learning rate on a rounding difference;
-    those elements are allowed, but only as a tiny share of all parameters.
+
+def assert_states_match(state, reference, initial) -> None:
+    """Equal up to float32 reduction order: the step exactly, BatchNorm statistics
+    elementwise, and the training updates in relative norm.
+
+    Adam divides each update by the root of its own second moment, so elements whose
+    gradients are near zero turn rounding differences into update differences of up to
+    the learning rate. Measured on this tiny config (8 devices vs 1, 4 steps): the
+    parameter updates differ by 1.1% in relative norm, the Adam moments by 0.18%. A
+    wrong reduction (per-device BatchNorm, a missing gradient all-reduce) changes them
+    by tens of percent.
     """
     assert int(state.step) == int(reference.step)
-    for name in ("batch_stats", "params", "ema_params", "opt_state"):
-        a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(getattr(state, name))])
-        b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(getattr(reference, name))])
-        assert a.shape == b.shape, name
-        close = np.isclose(a, b, rtol=1e-4, atol=1e-6)
-        assert close.mean() >= 0.999, f"{name}: {np.sum(~close)} of {a.size} differ, worst {np.max(np.abs(a - b)):.3g}"
-        assert np.max(np.abs(a - b)) <= 2e-3 * STEPS, name  # never more than the Adam step (lr 1e-3) can explain
+    a, b = flat(state.batch_stats), flat(reference.batch_stats)
+    assert np.isclose(a, b, rtol=1e-4, atol=1e-6).all(), f"batch_stats differ by up to {np.max(np.abs(a - b)):.3g}"
+    for name in ("params", "ema_params"):
+        a, b, start = flat(getattr(state, name)), flat(getattr(reference, name)), flat(getattr(initial, name))
+        relative = np.linalg.norm(a - b) / np.linalg.norm(b - start)
+        assert relative <= 0.05, f"{name}: the updates differ by {relative:.3g} in relative norm"
+    a, b = flat(state.opt_state), flat(reference.opt_state)
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) <= 1e-2, "opt_state"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +87,8 @@ def reference(tmp_path_factory):
     first = train_and_evaluate(tiny_config(**RUN), workdir)
     first_losses = losses(workdir)
     second = train_and_evaluate(tiny_config(**dict(RUN, train__num_steps=STEPS + 2)), workdir)
-    return dict(state=first, losses=first_losses, resumed=second, resumed_losses=losses(workdir))
+    initial = fresh_state(tiny_config(**RUN))
+    return dict(state=first, losses=first_losses, resumed=second, resumed_losses=losses(workdir), initial=initial)
 
 
 def test_eight_devices_match_one_device(reference, tmp_path):
@@ -89,7 +100,7 @@ def test_eight_devices_match_one_device(reference, tmp_path):
     )
     for mode, workdir in runs.items():
         np.testing.assert_allclose(losses(workdir), reference["losses"], rtol=1e-5, err_msg=mode)
-        assert_states_match(load_workdir(workdir)[1], reference["state"])
+        assert_states_match(load_workdir(workdir)[1], reference["state"], reference["initial"])
         eight = np.load(workdir + "/eight.npz")["samples"]
         one = np.load(sample_workdir(workdir, num=8, seed=0, out=str(tmp_path / f"{mode}-one.png"))[1])["samples"]
         np.testing.assert_allclose(eight, one, atol=1e-3)
@@ -116,12 +127,12 @@ def test_two_processes_match_one_and_resume_in_one_process(reference, tmp_path):
     assert "2 devices in 2 processes" in outputs[0]
     assert "step 1/" not in outputs[1]  # only process 0 logs
     np.testing.assert_allclose(losses(workdir), reference["losses"], rtol=1e-5)
-    assert_states_match(load_workdir(workdir)[1], reference["state"])
+    assert_states_match(load_workdir(workdir)[1], reference["state"], reference["initial"])
 
     # The 2-process checkpoint resumes in this (1-process, 1-device) process.
     resumed = train_and_evaluate(tiny_config(**dict(RUN, train__num_steps=STEPS + 2)), workdir)
     np.testing.assert_allclose(losses(workdir), reference["resumed_losses"], rtol=1e-5)
-    assert_states_match(resumed, reference["resumed"])
+    assert_states_match(resumed, reference["resumed"], reference["initial"])
 
 
 def test_batch_not_divisible_by_the_device_count_is_a_usage_error(tmp_path):

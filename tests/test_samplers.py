@@ -239,6 +239,6 @@ def test_a_conditional_model_needs_labelled_data(tmp_path, capsys):
         from PIL import Image
 
         Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
-    argv = tiny_argv(data__source="folder", data__path=str(folder), model__num_classes="3")
+    argv = tiny_argv(data__source="folder", data__holdout=0, data__path=str(folder), model__num_classes="3")
     assert cli.main(["train", "--workdir", str(tmp_path / "run"), *argv]) == 2
     assert "model.num_classes=3 needs labels in [0, 3) but the dataset has no labels; set model.num_classes=0" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_train_on_an_image_folder(tmp_path):
         mode = ["RGB", "RGBA", "L"][i % 3]
         Image.fromarray(rng.integers(0, 255, size[::-1] + ((len(mode),) if mode != "L" else ()), dtype=np.uint8), mode).save(folder / f"{i}.png")
     (folder / "corrupt.jpg").write_bytes(b"garbage")
-    config = tiny_config(data__source="folder", data__path=str(folder), data__channels=3, data__random_flip=True)
+    config = tiny_config(data__source="folder", data__holdout=0, data__path=str(folder), data__channels=3, data__random_flip=True)
     workdir = str(tmp_path / "run")
     train_and_evaluate(config, workdir)
     assert_run_outputs(workdir)
