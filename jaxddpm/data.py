@@ -158,14 +158,13 @@ def split_holdout(dataset: ImageDataset, holdout: int) -> tuple[ImageDataset, Im
     return subset(kept), subset(held)
 
 
-def load_split(data_config, split: str) -> ImageDataset:
-    """The "train" or "holdout" part of the dataset a config's ``data`` section describes."""
-    train, held = split_holdout(load_dataset(data_config), data_config.holdout)
-    return {"train": train, "holdout": held}[split]
+def load_splits(data_config) -> tuple[ImageDataset, ImageDataset]:
+    """(training, held-out) parts of the dataset a config's ``data`` section describes."""
+    return split_holdout(load_dataset(data_config), data_config.holdout)
 
 
 def load_dataset(data_config) -> ImageDataset:
-    """The dataset a config's ``data`` section describes (all of it; see `load_split`)."""
+    """The dataset a config's ``data`` section describes (all of it; see `load_splits`)."""
     d = data_config
     if d.source == "digits":
         return load_digits(d.image_size, d.channels)

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm import classifier, data, likelihood, metrics, trainer
+from jaxddpm import classifier, data, diffusion, likelihood, metrics, trainer
 from jaxddpm.generate import load_workdir, sample_images
-from jaxddpm.train import TrainState, make_optimizer
+from jaxddpm.train import TrainState
 
 METRICS = ("bpd", "quality", "fid")
 
@@ -31,29 +31,21 @@ def default_cache_dir(config) -> str:
     return config.data.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "jaxddpm")
 
 
-def model_variables(config, state: TrainState) -> dict:
-    return trainer.sampling_variables(state)
-
-
 def fresh_state(config) -> TrainState:
     """The step-0 state that training with this config starts from."""
-    model = trainer.build_model(config)
-    tx = make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
-    init_key = trainer.run_keys(config.train.seed)[0]
-    shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    return trainer.create_sharded_state(model, tx, init_key, shape, trainer.parallel.make_mesh())
+    return trainer.initial_state(config, trainer.run_keys(config.train.seed)[0])
 
 
 def bits_per_dim(config, state: TrainState, images_u8: np.ndarray, *, seed: int = 0, batch_size: int = 128) -> dict:
     """The variational bound in bits/dim on ``images_u8``: total, prior, and per timestep."""
     model, schedule = trainer.build_model(config), trainer.build_schedule(config)
-    variables = model_variables(config, state)
+    variables = trainer.sampling_variables(state)
     prediction = config.diffusion.prediction
 
     @jax.jit
     def run(x0, key):
         model_fn = lambda x, t: model.apply(variables, x, t, False).astype(jnp.float32)  # noqa: E731
-        return likelihood.bpd_terms(schedule, trainer.diffusion.as_eps_fn(schedule, prediction, model_fn), x0, key)
+        return likelihood.bpd_terms(schedule, diffusion.as_eps_fn(schedule, prediction, model_fn), x0, key)
 
     priors, terms = [], []
     n = len(images_u8)
@@ -76,11 +68,6 @@ def bits_per_dim(config, state: TrainState, images_u8: np.ndarray, *, seed: int 
     }
 
 
-def _real_and_held_out(config) -> tuple[data.ImageDataset, data.ImageDataset]:
-    full = data.load_dataset(config.data)
-    return data.split_holdout(full, config.data.holdout)
-
-
 def quality(config, state: TrainState, train_set, held_out, *, num_samples: int, seed: int, batch_size: int) -> dict:
     """The classifier score of samples next to the same score of real training images."""
     if train_set.num_classes <= 0 or held_out.labels.min(initial=0) < 0:
@@ -96,18 +83,20 @@ def quality(config, state: TrainState, train_set, held_out, *, num_samples: int,
     samples, _ = sample_images(config, state, num_samples, seed, batch_size=batch_size)
     samples_u8 = data.to_uint8(samples)
 
-    def score(images_u8):
-        result = metrics.classifier_score(metrics.batched_features(probs_fn, images_u8))
+    def score(images_u8, probs):
+        result = metrics.classifier_score(probs)
         result["frechet_distance"] = metrics.fid(features_fn, images_u8, reference)
         return result
 
-    real_score, sample_score = score(real), score(samples_u8)
-    held_acc = float(np.mean(metrics.batched_features(probs_fn, real).argmax(1) == train_set.labels[real_idx]))
+    real_probs = metrics.batched_features(probs_fn, real)
+    real_score = score(real, real_probs)
+    sample_score = score(samples_u8, metrics.batched_features(probs_fn, samples_u8))
+    accuracy_on_real = float(np.mean(real_probs.argmax(1) == train_set.labels[real_idx]))
     return {
         "samples": sample_score,
         "real": real_score,
         "confident_share_vs_real": sample_score["confident_share"] / max(real_score["confident_share"], 1e-12),
-        "classifier_accuracy_on_real": held_acc,
+        "classifier_accuracy_on_real": accuracy_on_real,
         "num_samples": num_samples,
         "classifier": f"SmallCNN trained on the {len(held_out)} held-out images; real = {len(real)} training images",
     }
@@ -135,7 +124,7 @@ def evaluate(
     if fresh:
         state = fresh_state(config)
     step = int(state.step)
-    train_set, held_out = _real_and_held_out(config)
+    train_set, held_out = data.load_splits(config.data)
     results = {}
     for name in metric_names:
         start = time.perf_counter()

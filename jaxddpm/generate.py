@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from jaxddpm import checkpoint, config as config_lib, images, parallel, trainer
-from jaxddpm.train import TrainState, make_optimizer
+from jaxddpm.train import TrainState
 
 
 def load_workdir(workdir: str) -> tuple[object, TrainState]:
@@ -20,10 +20,7 @@ def load_workdir(workdir: str) -> tuple[object, TrainState]:
         raise checkpoint.CheckpointError(f"workdir {workdir} holds no training run (config.json and checkpoints/ are needed)")
     with open(config_path) as f:
         config = config_lib.from_json(f.read())
-    model = trainer.build_model(config)
-    tx = make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
-    image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    target = trainer.create_sharded_state(model, tx, jax.random.key(0), image_shape, parallel.make_mesh(), config.train.get("sharding", "replicated"))
+    target = trainer.initial_state(config, jax.random.key(0))
     manager = checkpoint.make_manager(workdir, read_only=True)
     try:
         restored = checkpoint.restore_latest(manager, target)

@@ -114,6 +114,14 @@ def create_sharded_state(model, tx, key: jax.Array, image_shape, mesh, mode: str
     return jax.jit(create, out_shardings=shardings)(key)
 
 
+def initial_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
+    """The step-0 state of a config's model on all devices, initialised from ``key``."""
+    model = build_model(config)
+    tx = make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
+    shape = (config.data.image_size, config.data.image_size, config.data.channels)
+    return create_sharded_state(model, tx, key, shape, parallel.make_mesh(), config.train.sharding)
+
+
 def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mesh=None, state_shardings=None):
     """Compiled ``(state, images, labels, data_key, step_key) -> (state, metrics)``.
 
@@ -311,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     except ValueError as e:
         raise config_lib.ConfigError(str(e)) from None
     _check_workdir(workdir, config)
-    dataset = data.load_split(config.data, "train")
+    dataset, _ = data.load_splits(config.data)
     if len(dataset) < config.train.batch_size:
         raise data.DataError(f"train.batch_size={config.train.batch_size} exceeds the dataset's {len(dataset)} images")
     num_classes = config.model.num_classes

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from jaxddpm import config as config_lib, evaluate, trainer
+from jaxddpm import config as config_lib, data, evaluate, trainer
 from jaxddpm.generate import load_workdir
 
 SETTINGS = [
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     config, state = load_workdir(args.workdir)
-    train_set, held_out = evaluate._real_and_held_out(config)
+    train_set, held_out = data.load_splits(config.data)
     rows = []
     for name, overrides in SETTINGS:
         c = config_lib.apply_overrides(config, overrides)
