@@ -7,7 +7,11 @@ The diffusion core is a frozen `Schedule` pytree and pure functions that take it
     x_t = jd.q_sample(schedule, x0, t, noise)
 """
 
-from jaxddpm.diffusion import (
+from jaxddpm import xla_flags as _xla_flags
+
+_xla_flags.apply()  # before JAX creates its CPU backend; see jaxddpm/xla_flags.py
+
+from jaxddpm.diffusion import (  # noqa: E402
     classifier_free_guidance,
     ddim_sample,
     ddim_step,

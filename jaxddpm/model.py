@@ -6,6 +6,7 @@ for ``down_blocks.0`` and so on) so that weights convert by a fixed table.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -181,6 +182,109 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "subpixel
     return _IMPLS[impl](x, kernel)
 
 
+# Convolutions with hand-written VJPs for XLA:CPU (see experiments/bench/README.md).
+# The forward passes and the kernel gradients are XLA's own; the input gradients are
+# computed in forms that XLA:CPU runs faster than the autodiff of the forward pass:
+# - 3x3, stride 1, padding 1, at most 8x8 pixels and wide: nine per-tap matrix products
+#   (the autodiff form flips and transposes a large kernel and is ~2x slower there);
+# - 4x4, stride 2, padding 1: the transposed convolution computed as four 2x2
+#   convolutions on the cotangent (`_phases`), where autodiff convolves a zero-dilated
+#   cotangent (4x the multiplications).
+CONV_IMPLS = ("auto", "xla", "cpu")
+_TAPS_MAX_PIXELS = 64
+_TAPS_MIN_WEIGHTS = 2**19
+
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, precision=None) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_NHWC, precision=precision
+    )
+
+
+def _conv3x3_input_grad_taps(dy: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
+    _, h, w, _ = dy.shape
+    padded = jnp.pad(dy, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dx = None
+    for i in range(3):
+        for j in range(3):
+            window = padded[:, 2 - i : 2 - i + h, 2 - j : 2 - j + w]
+            term = jnp.einsum("bhwo,co->bhwc", window, kernel[i, j], precision=precision)
+            dx = term if dx is None else dx + term
+    return dx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _tuned_conv(x: jax.Array, kernel: jax.Array, stride: int, precision=None) -> jax.Array:
+    return _conv(x, kernel, stride, precision)
+
+
+def _tuned_conv_fwd(x, kernel, stride, precision):
+    return _conv(x, kernel, stride, precision), (x, kernel)
+
+
+def _tuned_conv_bwd(stride, precision, residuals, dy):
+    x, kernel = residuals
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, stride, precision), kernel)
+    (dkernel,) = kernel_vjp(dy)
+    if stride == 2:  # the adjoint of this convolution is a transposed convolution
+        dx = _phases(dy, kernel.transpose(0, 1, 3, 2))
+    elif dy.shape[1] * dy.shape[2] <= _TAPS_MAX_PIXELS and kernel.shape[2] * kernel.shape[3] >= _TAPS_MIN_WEIGHTS:
+        dx = _conv3x3_input_grad_taps(dy, kernel, precision)
+    else:
+        _, input_vjp = jax.vjp(lambda v: _conv(v, kernel, stride, precision), x)
+        (dx,) = input_vjp(dy)
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_tuned_conv.defvjp(_tuned_conv_fwd, _tuned_conv_bwd)
+
+
+def _tunable(x_shape, kernel_shape, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> int:
+    """The stride of a convolution `_tuned_conv` computes, or 0 if it does not."""
+    if groups != 1 or len(x_shape) != 4 or any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        return 0
+    if jax.lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC) != jax.lax.conv_dimension_numbers(
+        x_shape, kernel_shape, dimension_numbers
+    ):
+        return 0
+    if isinstance(padding, str) or tuple(map(tuple, padding)) != ((1, 1), (1, 1)):
+        return 0
+    k, strides = tuple(kernel_shape[:2]), tuple(window_strides)
+    if k == (3, 3) and strides == (1, 1):
+        return 1
+    if k == (4, 4) and strides == (2, 2) and x_shape[1] % 2 == 0 and x_shape[2] % 2 == 0:
+        return 2
+    return 0
+
+
+def make_conv_general_dilated(impl: str):
+    """A drop-in for ``lax.conv_general_dilated`` (as ``nn.Conv(conv_general_dilated=...)``).
+
+    ``"xla"``: XLA's convolution and its autodiff. ``"cpu"``: the same forward pass with the
+    hand-written input gradients above for 3x3/stride-1 and 4x4/stride-2 convolutions
+    (padding 1, NHWC); anything else is XLA's. ``"auto"``: ``"cpu"`` when JAX's default
+    backend is the CPU, else ``"xla"``. All compute the same function.
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl {impl!r} is unknown; allowed: {', '.join(CONV_IMPLS)}")
+
+    def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                             dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+        use = impl if impl != "auto" else ("cpu" if jax.default_backend() == "cpu" else "xla")
+        stride = 0
+        if use == "cpu" and not kwargs:
+            stride = _tunable(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
+                              dimension_numbers, feature_group_count)
+        if stride:
+            return _tuned_conv(lhs, rhs, stride, precision)
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision, **kwargs,
+        )
+
+    return conv_general_dilated
+
+
 def label_embedding(num_classes: int, features: int, labels: jax.Array | None, batch: int, **kw) -> jax.Array | float:
     """Embedding of class labels (``num_classes`` = the null label), or 0 for an
     unconditional model. Must be called inside a compact module; creates "label_emb"."""
@@ -216,22 +320,24 @@ class ConvBlock(nn.Module):
     features: int
     upsample: bool = False
     upsample_impl: str = "subpixel"
+    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, t_emb: jax.Array, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ckw = dict(kw, conv_general_dilated=make_conv_general_dilated(self.conv_impl))
         pad1 = ((1, 1), (1, 1))
-        h = nn.Conv(self.features, (3, 3), padding=pad1, name="conv1", **kw)(x)
+        h = nn.Conv(self.features, (3, 3), padding=pad1, name="conv1", **ckw)(x)
         h = BatchNorm(name="bn1", **kw)(nn.relu(h), train)
         time_emb = nn.relu(nn.Dense(self.features, name="time_mlp", **kw)(t_emb))
         h = h + time_emb[:, None, None, :]
-        h = nn.Conv(self.features, (3, 3), padding=pad1, name="conv2", **kw)(h)
+        h = nn.Conv(self.features, (3, 3), padding=pad1, name="conv2", **ckw)(h)
         h = BatchNorm(name="bn2", **kw)(nn.relu(h), train)
         if self.upsample:
             return ConvTranspose4x4(self.features, self.upsample_impl, name="transform", **kw)(h)
-        return nn.Conv(self.features, (4, 4), strides=(2, 2), padding=pad1, name="transform", **kw)(h)
+        return nn.Conv(self.features, (4, 4), strides=(2, 2), padding=pad1, name="transform", **ckw)(h)
 
 
 class SimpleUNet(nn.Module):
@@ -246,6 +352,7 @@ class SimpleUNet(nn.Module):
     out_channels: int = 3
     time_emb_dim: int = 32
     upsample_impl: str = "subpixel"
+    conv_impl: str = "auto"  # auto | xla | cpu: how convolution gradients are computed (same math)
     num_classes: int = 0  # > 0: class-conditional, label num_classes meaning "no label"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -259,14 +366,17 @@ class SimpleUNet(nn.Module):
         t_emb = nn.relu(nn.Dense(self.time_emb_dim, name="time_mlp", **kw)(t_emb))
         t_emb = t_emb + label_embedding(self.num_classes, self.time_emb_dim, labels_B, t_B.shape[0], **kw)
 
-        x = nn.Conv(self.channels[0], (3, 3), padding=((1, 1), (1, 1)), name="init_conv", **kw)(x_BxHxWxC)
+        conv = make_conv_general_dilated(self.conv_impl)
+        x = nn.Conv(self.channels[0], (3, 3), padding=((1, 1), (1, 1)), name="init_conv", conv_general_dilated=conv, **kw)(x_BxHxWxC)
         skips = []
         for i, features in enumerate(self.channels[1:]):
-            x = ConvBlock(features, name=f"down_blocks_{i}", **kw)(x, t_emb, train)
+            x = ConvBlock(features, conv_impl=self.conv_impl, name=f"down_blocks_{i}", **kw)(x, t_emb, train)
             skips.append(x)
         up_channels = tuple(reversed(self.channels))
         for i, features in enumerate(up_channels[1:]):
             x = jnp.concatenate([x, skips.pop()], axis=-1)
-            block = ConvBlock(features, upsample=True, upsample_impl=self.upsample_impl, name=f"up_blocks_{i}", **kw)
+            block = ConvBlock(
+                features, upsample=True, upsample_impl=self.upsample_impl, conv_impl=self.conv_impl, name=f"up_blocks_{i}", **kw
+            )
             x = block(x, t_emb, train)
         return nn.Conv(self.out_channels, (1, 1), name="final_conv", **kw)(x)

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import torch
 
 import jaxddpm as jd
-from jaxddpm import trainer
+from jaxddpm import trainer, xla_flags
+from jaxddpm.model import CONV_IMPLS
 from parity import reference
 
 # Dense peak FLOP/s of known accelerators, float32 (non-tensor-core) and bfloat16.
@@ -83,7 +84,10 @@ def peak_memory() -> int | None:
 
 
 def jax_model(sizes: dict, dtype=jnp.float32) -> jd.SimpleUNet:
-    return jd.SimpleUNet(channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"], dtype=dtype)
+    return jd.SimpleUNet(
+        channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"],
+        conv_impl=sizes.get("conv_impl", "auto"), dtype=dtype,
+    )
 
 
 def torch_model(sizes: dict, device: str) -> reference.SimpleUNet:
@@ -182,7 +186,7 @@ QUICK = dict(channels=(4, 8, 16), image_size=16, image_channels=3, time_emb_dim=
 
 
 def run(args: argparse.Namespace) -> dict:
-    sizes = QUICK if args.quick else FULL
+    sizes = dict(QUICK if args.quick else FULL, conv_impl=args.conv_impl)
     gpu = jax.devices()[0].platform == "gpu"
     device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
     if gpu:  # compare like with like: full float32 on both sides
@@ -196,8 +200,11 @@ def run(args: argparse.Namespace) -> dict:
         versions=dict(jax=jax.__version__, torch=torch.__version__, python=platform.python_version()),
         sizes={k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
         batch=args.batch, sample_batch=args.sample_batch, reps=args.reps, torch_threads=torch.get_num_threads(),
+        xla_flags=os.environ.get("XLA_FLAGS", ""), jaxddpm_cpu_flags_in_effect=xla_flags.in_effect(),
     )
     print(f"device: {results['device']}; model channels {sizes['channels']}, {sizes['image_size']}px, T {sizes['num_timesteps']}", flush=True)
+    print(f"XLA_FLAGS={results['xla_flags']!r} (jaxddpm's CPU flags in effect: {results['jaxddpm_cpu_flags_in_effect']}); "
+          f"conv_impl={args.conv_impl}", flush=True)
     train = results["train"] = {}
     train["jaxddpm"] = bench_jax_train(sizes, args.batch, args.reps)
     print(f"train jaxddpm: {train['jaxddpm']['median_s']:.4f} s/step", flush=True)
@@ -249,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-batch", type=int, default=4, help="sampling batch (default 4)")
     parser.add_argument("--reps", type=int, default=3, help="timed training repetitions (default 3)")
     parser.add_argument("--sample-reps", type=int, default=2, help="timed sampling repetitions (default 2)")
+    parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS, help="SimpleUNet.conv_impl for jaxddpm (default auto)")
     parser.add_argument("--out", default=os.path.join("experiments", "bench"), help="directory for the JSON result ('' = do not write)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import jaxddpm as jd
-from jaxddpm.model import UPSAMPLE_IMPLS
+from jaxddpm import model as model_lib
+from jaxddpm.model import CONV_IMPLS, UPSAMPLE_IMPLS
 
 TINY = dict(channels=(4, 8, 16), out_channels=3, time_emb_dim=8)
 
@@ -63,6 +64,49 @@ def test_conv_transpose_matches_a_scatter_definition():
     for impl in UPSAMPLE_IMPLS:
         got = jd.conv_transpose_4x4_s2(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32), impl)
         np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=impl)
+
+
+@pytest.mark.parametrize("taps_min_weights", [1, 2**40], ids=["taps", "xla-input-grad"])
+@pytest.mark.parametrize("case", ["3x3", "4x4-stride2"])
+def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, taps_min_weights):
+    """The hand-written input/kernel gradients of conv_impl="cpu" equal XLA's autodiff."""
+    monkeypatch.setattr(model_lib, "_TAPS_MIN_WEIGHTS", taps_min_weights)
+    size, strides = ((3, 3), (1, 1)) if case == "3x3" else ((4, 4), (2, 2))
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k1, (2, 8, 6, 5))
+    kernel = jax.random.normal(k2, (*size, 5, 7))
+    out_shape = jax.eval_shape(lambda: jax.lax.conv_general_dilated(x, kernel, strides, ((1, 1), (1, 1)),
+                                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))).shape
+    cotangent = jax.random.normal(k3, out_shape)
+    results = {}
+    for impl in ("xla", "cpu"):
+        conv = model_lib.make_conv_general_dilated(impl)
+        f = lambda x, k: conv(x, k, strides, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+        y, vjp = jax.vjp(f, x, kernel)
+        results[impl] = (y, *vjp(cotangent))
+    assert results["cpu"][0].shape == out_shape
+    chex.assert_trees_all_close(results["cpu"], results["xla"], atol=1e-4, rtol=1e-5)
+    if case == "3x3" and taps_min_weights == 1:  # the taps form must really have run
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(model_lib.make_conv_general_dilated("cpu")(
+            x, kernel, strides, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))))(x))
+        assert "dot_general" in jaxpr
+
+
+def test_conv_impls_give_the_same_model_and_gradients():
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    t = jnp.array([3, 250])
+    models = {impl: jd.SimpleUNet(**TINY, conv_impl=impl) for impl in CONV_IMPLS}
+    variables = models["xla"].init(jax.random.key(0), x, t, train=False)
+    grads = {}
+    for impl, model in models.items():
+        def loss(params):
+            out, _ = model.apply({**variables, "params": params}, x, t, train=True, mutable=["batch_stats"])
+            return jnp.mean(out**2)
+        grads[impl] = jax.grad(loss)(variables["params"])
+    for impl in ("auto", "cpu"):
+        chex.assert_trees_all_close(grads[impl], grads["xla"], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="allowed: auto, xla, cpu"):
+        model_lib.make_conv_general_dilated("fast")
 
 
 def test_sinusoidal_embedding_formula():
