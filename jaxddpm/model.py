@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
-UPSAMPLE_IMPLS = ("subpixel", "phases", "dilated")
+UPSAMPLE_IMPLS = ("phases", "subpixel", "dilated")
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, dtype: Dtype = jnp.float32) -> jax.Array:
@@ -121,7 +121,7 @@ def _phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
     for a in range(2):
         cols = []
         for b in range(2):
-            k_ab = kernel[np.array([3 - a, 1 - a])][:, np.array([3 - b, 1 - b])]
+            k_ab = kernel[3 - a :: -2, 3 - b :: -2]  # kernel rows 3 - a, 1 - a; columns 3 - b, 1 - b
             window = xp[:, a : a + h + 1, b : b + w + 1]
             cols.append(jax.lax.conv_general_dilated(window, k_ab, (1, 1), "VALID", dimension_numbers=_NHWC))
         rows.append(jnp.stack(cols, axis=3))
@@ -168,7 +168,7 @@ _IMPLS = {
 }
 
 
-def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "subpixel") -> jax.Array:
+def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phases") -> jax.Array:
     """PyTorch's ``conv_transpose2d(x, w, stride=2, padding=1)`` for 4x4 kernels, NHWC.
 
     ``kernel`` has shape (4, 4, in, out), i.e. the PyTorch weight (in, out, 4, 4)
@@ -301,7 +301,7 @@ class ConvTranspose4x4(nn.Module):
     """A 4x4, stride-2, padding-1 transposed convolution that doubles H and W."""
 
     features: int
-    impl: str = "subpixel"
+    impl: str = "phases"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -319,7 +319,7 @@ class ConvBlock(nn.Module):
 
     features: int
     upsample: bool = False
-    upsample_impl: str = "subpixel"
+    upsample_impl: str = "phases"
     conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -351,7 +351,7 @@ class SimpleUNet(nn.Module):
     channels: Sequence[int] = (64, 128, 256, 512, 1024)
     out_channels: int = 3
     time_emb_dim: int = 32
-    upsample_impl: str = "subpixel"
+    upsample_impl: str = "phases"
     conv_impl: str = "auto"  # auto | xla | cpu: how convolution gradients are computed (same math)
     num_classes: int = 0  # > 0: class-conditional, label num_classes meaning "no label"
     dtype: Dtype = jnp.float32

@@ -29,7 +29,7 @@ import torch
 
 import jaxddpm as jd
 from jaxddpm import trainer, xla_flags
-from jaxddpm.model import CONV_IMPLS
+from jaxddpm.model import CONV_IMPLS, UPSAMPLE_IMPLS
 from parity import reference
 
 # Dense peak FLOP/s of known accelerators, float32 (non-tensor-core) and bfloat16.
@@ -86,7 +86,7 @@ def peak_memory() -> int | None:
 def jax_model(sizes: dict, dtype=jnp.float32) -> jd.SimpleUNet:
     return jd.SimpleUNet(
         channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"],
-        conv_impl=sizes.get("conv_impl", "auto"), dtype=dtype,
+        conv_impl=sizes.get("conv_impl", "auto"), upsample_impl=sizes.get("upsample_impl", "phases"), dtype=dtype,
     )
 
 
@@ -186,7 +186,7 @@ QUICK = dict(channels=(4, 8, 16), image_size=16, image_channels=3, time_emb_dim=
 
 
 def run(args: argparse.Namespace) -> dict:
-    sizes = dict(QUICK if args.quick else FULL, conv_impl=args.conv_impl)
+    sizes = dict(QUICK if args.quick else FULL, conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
     gpu = jax.devices()[0].platform == "gpu"
     device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
     if gpu:  # compare like with like: full float32 on both sides
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     print(f"device: {results['device']}; model channels {sizes['channels']}, {sizes['image_size']}px, T {sizes['num_timesteps']}", flush=True)
     print(f"XLA_FLAGS={results['xla_flags']!r} (jaxddpm's CPU flags in effect: {results['jaxddpm_cpu_flags_in_effect']}); "
-          f"conv_impl={args.conv_impl}", flush=True)
+          f"conv_impl={args.conv_impl}, upsample_impl={args.upsample_impl}", flush=True)
     train = results["train"] = {}
     train["jaxddpm"] = bench_jax_train(sizes, args.batch, args.reps)
     print(f"train jaxddpm: {train['jaxddpm']['median_s']:.4f} s/step", flush=True)
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="timed training repetitions (default 3)")
     parser.add_argument("--sample-reps", type=int, default=2, help="timed sampling repetitions (default 2)")
     parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS, help="SimpleUNet.conv_impl for jaxddpm (default auto)")
+    parser.add_argument("--upsample-impl", default="phases", choices=UPSAMPLE_IMPLS, help="SimpleUNet.upsample_impl for jaxddpm (default phases)")
     parser.add_argument("--out", default=os.path.join("experiments", "bench"), help="directory for the JSON result ('' = do not write)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

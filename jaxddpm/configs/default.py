@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     # simple_unet:
     c.model.channels = (64, 128, 256, 512, 1024)
     c.model.time_emb_dim = 32
-    c.model.upsample_impl = "subpixel"  # subpixel | phases | dilated (same math)
+    c.model.upsample_impl = "phases"  # phases | subpixel | dilated (same math)
     # ddpm_unet:
     c.model.base_channels = 64
     c.model.channel_mult = (1, 2, 2, 2)  # one level per entry; all but the last halve H and W
