@@ -8,8 +8,11 @@ step is moved, never deleted, to ``damaged_checkpoints/`` so the step can be wri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -24,7 +27,56 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint where one is needed."""
+    """No usable checkpoint where one is needed, or a checkpoint could not be written.
+
+    ``details`` holds what the checkpoint library's threads printed while a write failed
+    (kept off the terminal; shown with ``JAXDDPM_DEBUG=1``)."""
+
+    details: str = ""
+
+
+def _debug() -> bool:
+    return os.environ.get("JAXDDPM_DEBUG", "").strip() not in ("", "0")
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """Hold what is written to file descriptor 2 (by any thread or library) while the
+    block runs. Yields a dict whose "text" is filled in at the end; the text is written
+    back to stderr if the block succeeded (or with ``JAXDDPM_DEBUG=1``) and otherwise
+    dropped: when a write fails, orbax/tensorstore threads print one traceback per array
+    for the error that `save` reports once."""
+    held: dict = {"text": ""}
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 to hold
+        yield held
+        return
+    try:
+        buffer = os.fdopen(os.memfd_create("jaxddpm-stderr"), "w+b") if hasattr(os, "memfd_create") else tempfile.TemporaryFile()
+    except OSError:
+        os.close(saved)
+        yield held
+        return
+    ok = False
+    with buffer:
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield held
+            ok = True
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            buffer.seek(0)
+            data = buffer.read()
+            held["text"] = data.decode(errors="replace")
+            if data and (ok or _debug()):
+                os.write(2, data)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -54,20 +106,29 @@ def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, 
     # orbax logs a failed write from its writer threads before raising it here; the error
     # is reported once, by the exception below.
     absl_logger.setLevel(logging.CRITICAL)
+    failure = None
     try:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-                metadata=ocp.args.JsonSave(dict(metadata, step=step)),
-            ),
-            force=True,
-        )
-        manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap I/O errors in several types
-        text = str(e)
-        reason = next((r for r in ("No space left on device", "Read-only file system", "Permission denied") if r in text), type(e).__name__)
-        raise CheckpointError(f"could not write the checkpoint of step {step} in {manager.directory}: {reason}") from None
+        with _held_stderr() as held:
+            try:
+                manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+                        metadata=ocp.args.JsonSave(dict(metadata, step=step)),
+                    ),
+                    force=True,
+                )
+                manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap I/O errors in several types
+                failure = e
+                raise
+    except Exception as e:  # noqa: BLE001
+        failure = failure or e
+        text = str(failure)
+        reason = next((r for r in ("No space left on device", "Read-only file system", "Permission denied") if r in text), type(failure).__name__)
+        error = CheckpointError(f"could not write the checkpoint of step {step} in {manager.directory}: {reason}")
+        error.details = held["text"]
+        raise error from None
     finally:
         absl_logger.setLevel(level)
 

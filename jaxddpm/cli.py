@@ -13,20 +13,60 @@ import sys
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
 
+class _Stderr:
+    """Where the one-line errors go. After `silence`, file descriptor 2 points at /dev/null
+    (so tracebacks that library threads, atexit handlers and never-awaited tasks print
+    while a failed run shuts down stay off the terminal) and our own line still reaches
+    the real stderr. ``JAXDDPM_DEBUG=1`` keeps that library output visible."""
+
+    real_fd: int | None = None
+
+    @classmethod
+    def silence(cls) -> None:
+        if cls.real_fd is not None or os.environ.get("JAXDDPM_DEBUG", "").strip() not in ("", "0"):
+            return
+        import logging
+        import threading
+        import warnings
+
+        # Python-level reports of the same failure (also where fd 2 cannot be redirected).
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        threading.excepthook = lambda args: None
+        sys.unraisablehook = lambda unraisable: None
+        warnings.simplefilter("ignore")
+        if sys.stderr is not sys.__stderr__:  # captured (e.g. called in-process by a test): leave fd 2 alone
+            return
+        try:
+            sys.stderr.flush()
+            real = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except (OSError, ValueError):  # no real fd 2 (e.g. captured in-process): leave it
+            return
+        cls.real_fd = real
+
+    @classmethod
+    def write_line(cls, line: str) -> None:
+        if cls.real_fd is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            os.write(cls.real_fd, (line + "\n").encode())
+
+
 def _fail(message: str, code: int) -> int:
-    print(f"error: {message}".splitlines()[0], file=sys.stderr)
+    _Stderr.write_line(f"error: {message}".splitlines()[0])
     return code
 
 
-def _quiet_failed_writers() -> None:
-    """After a failed checkpoint write, orbax's writer threads and their event loop end
-    with the same I/O error already reported; keep their tracebacks off the terminal."""
-    import logging
-    import threading
+def _failing_run(exc: BaseException) -> None:
+    """Called by the trainer with the exception that ends a run, before it closes its
+    checkpoint manager and log writers (whose threads then print the same I/O error)."""
+    from jaxddpm.trainer import TrainingInterrupted
 
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    logging.getLogger("absl").setLevel(logging.CRITICAL)
-    threading.excepthook = lambda args: None
+    if not isinstance(exc, (TrainingInterrupted, KeyboardInterrupt, SystemExit)):
+        _Stderr.silence()
 
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -100,18 +140,17 @@ def _train(argv: list[str]) -> int:
     from jaxddpm.trainer import TrainingInterrupted, train_and_evaluate
 
     try:
-        train_and_evaluate(config, workdir)
+        train_and_evaluate(config, workdir, on_failure=_failing_run)
     except TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+        _Stderr.write_line(str(e))
         return 128 + e.signum
     except (config_lib.ConfigError, DataError) as e:
         return _fail(str(e), USAGE_ERROR)
-    except CheckpointError as e:
-        _quiet_failed_writers()
-        return _fail(str(e), RUNTIME_ERROR)
-    except FloatingPointError as e:
+    except (CheckpointError, FloatingPointError) as e:
+        _Stderr.silence()
         return _fail(str(e), RUNTIME_ERROR)
     except OSError as e:
+        _Stderr.silence()
         return _fail(f"{e.strerror or e} ({e.filename or workdir})", RUNTIME_ERROR)
     return 0
 

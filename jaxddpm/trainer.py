@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -305,12 +306,16 @@ def _write_forward_figure(path: str, image_u8: np.ndarray, schedule: Schedule, k
     images.save_grid(path, np.stack(noisy), columns=len(ts))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, on_failure: Callable[[BaseException], None] | None = None
+) -> TrainState:
     """Train (or resume) the run that ``config`` describes, writing everything to ``workdir``.
 
     Raises `ConfigError` or `DataError` before anything is written when the config or the
     data are unusable, and `FloatingPointError` (after keeping the last good checkpoint)
-    when the loss or the gradients stop being finite.
+    when the loss or the gradients stop being finite. ``on_failure``, if given, is called
+    with the exception that ends the training loop before the checkpoint manager and the
+    log writers are closed.
     """
     config_lib.validate(config)
     mesh = parallel.make_mesh()
@@ -450,6 +455,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             stack.callback(writer.close)
             stack.callback(metrics_file.close)
         stack.callback(progress.close)
+        if on_failure is not None:  # pushed last, so it runs first
+            stack.push(lambda exc_type, exc, tb: on_failure(exc) if exc is not None else None)
         while step < total:
             state, metrics = step_fn(state, images_dev, labels_dev, data_key, step_key)
             pending.append(metrics)
