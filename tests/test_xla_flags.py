@@ -1,0 +1,31 @@
+"""jaxddpm's XLA:CPU flags: appended, never overriding the user's, and opt-out."""
+
+import os
+import subprocess
+import sys
+
+from jaxddpm import xla_flags
+
+FLAG = xla_flags.CPU_FLAGS[0]
+NAME = FLAG.split("=")[0]
+
+
+def test_merged_appends_without_overriding():
+    assert xla_flags.merged("") == FLAG
+    assert xla_flags.merged("--xla_force_host_platform_device_count=8") == f"--xla_force_host_platform_device_count=8 {FLAG}"
+    assert xla_flags.merged(f"{NAME}=") == f"{NAME}="  # the user's own value wins
+    assert xla_flags.merged(FLAG) == FLAG
+
+
+def _in_effect(env: dict) -> str:
+    code = "import jaxddpm, jax, os; jax.numpy.zeros(1).block_until_ready(); print(jaxddpm.xla_flags.in_effect(), os.environ.get('XLA_FLAGS', ''))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_import_sets_the_flag_before_jax_starts_and_can_be_turned_off():
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT)}
+    assert _in_effect(env) == f"True {FLAG}"
+    assert _in_effect(dict(env, **{xla_flags.OPT_OUT: "0"})) == "False"
+    assert _in_effect(dict(env, XLA_FLAGS=f"{NAME}=")) == f"False {NAME}="
