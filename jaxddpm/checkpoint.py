@@ -35,7 +35,9 @@ class CheckpointError(RuntimeError):
     details: str = ""
 
 
-def _debug() -> bool:
+def show_library_output() -> bool:
+    """Whether ``JAXDDPM_DEBUG`` asks to keep the checkpoint library's own error output
+    (held or silenced by default once a failure is reported in one line)."""
     return os.environ.get("JAXDDPM_DEBUG", "").strip() not in ("", "0")
 
 
@@ -75,7 +77,7 @@ def _held_stderr():
             buffer.seek(0)
             data = buffer.read()
             held["text"] = data.decode(errors="replace")
-            if data and (ok or _debug()):
+            if data and (ok or show_library_output()):
                 os.write(2, data)
 
 
@@ -106,26 +108,21 @@ def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, 
     # orbax logs a failed write from its writer threads before raising it here; the error
     # is reported once, by the exception below.
     absl_logger.setLevel(logging.CRITICAL)
-    failure = None
+    held = {"text": ""}
     try:
         with _held_stderr() as held:
-            try:
-                manager.save(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-                        metadata=ocp.args.JsonSave(dict(metadata, step=step)),
-                    ),
-                    force=True,
-                )
-                manager.wait_until_finished()
-            except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap I/O errors in several types
-                failure = e
-                raise
-    except Exception as e:  # noqa: BLE001
-        failure = failure or e
-        text = str(failure)
-        reason = next((r for r in ("No space left on device", "Read-only file system", "Permission denied") if r in text), type(failure).__name__)
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+                    metadata=ocp.args.JsonSave(dict(metadata, step=step)),
+                ),
+                force=True,
+            )
+            manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap I/O errors in several types
+        text = str(e)
+        reason = next((r for r in ("No space left on device", "Read-only file system", "Permission denied") if r in text), type(e).__name__)
         error = CheckpointError(f"could not write the checkpoint of step {step} in {manager.directory}: {reason}")
         error.details = held["text"]
         raise error from None

@@ -23,11 +23,14 @@ class _Stderr:
 
     @classmethod
     def silence(cls) -> None:
-        if cls.real_fd is not None or os.environ.get("JAXDDPM_DEBUG", "").strip() not in ("", "0"):
-            return
         import logging
         import threading
         import warnings
+
+        from jaxddpm.checkpoint import show_library_output
+
+        if cls.real_fd is not None or show_library_output():
+            return
 
         # Python-level reports of the same failure (also where fd 2 cannot be redirected).
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)

@@ -86,7 +86,7 @@ def peak_memory() -> int | None:
 def jax_model(sizes: dict, dtype=jnp.float32) -> jd.SimpleUNet:
     return jd.SimpleUNet(
         channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"],
-        conv_impl=sizes.get("conv_impl", "auto"), upsample_impl=sizes.get("upsample_impl", "phases"), dtype=dtype,
+        conv_impl=sizes["conv_impl"], upsample_impl=sizes["upsample_impl"], dtype=dtype,
     )
 
 
@@ -256,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-batch", type=int, default=4, help="sampling batch (default 4)")
     parser.add_argument("--reps", type=int, default=3, help="timed training repetitions (default 3)")
     parser.add_argument("--sample-reps", type=int, default=2, help="timed sampling repetitions (default 2)")
-    parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS, help="SimpleUNet.conv_impl for jaxddpm (default auto)")
-    parser.add_argument("--upsample-impl", default="phases", choices=UPSAMPLE_IMPLS, help="SimpleUNet.upsample_impl for jaxddpm (default phases)")
+    parser.add_argument("--conv-impl", default=jd.SimpleUNet.conv_impl, choices=CONV_IMPLS,
+                        help=f"SimpleUNet.conv_impl for jaxddpm (default {jd.SimpleUNet.conv_impl})")
+    parser.add_argument("--upsample-impl", default=jd.SimpleUNet.upsample_impl, choices=UPSAMPLE_IMPLS,
+                        help=f"SimpleUNet.upsample_impl for jaxddpm (default {jd.SimpleUNet.upsample_impl})")
     parser.add_argument("--out", default=os.path.join("experiments", "bench"), help="directory for the JSON result ('' = do not write)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
