@@ -2,8 +2,8 @@
 
 On CPU, XLA lowers convolutions to YNNPACK by default. For this model's convolutions,
 and above all for their gradients, XLA's Eigen convolutions are much faster on the
-machines we measured (2-core AMD EPYC: a full training step 2.71 s -> 1.95 s, an
-inference forward pass 0.20 s -> 0.15 s). ``import jaxddpm`` therefore appends
+machines we measured (2-core AMD EPYC, full SimpleUNet: a training step 2.71 s -> 1.95 s,
+a forward pass at batch 4 0.20 s -> 0.15 s; experiments/bench/README.md). ``import jaxddpm`` therefore appends
 ``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`` to ``XLA_FLAGS``.
 
 * A flag the user already put in ``XLA_FLAGS`` is never overridden.
