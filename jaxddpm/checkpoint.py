@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
@@ -72,13 +73,22 @@ def _held_stderr():
                 sys.stderr.flush()
             except (OSError, ValueError):
                 pass
-            os.dup2(saved, 2)
+            if _same_file(2, buffer.fileno()):  # else the block pointed fd 2 elsewhere itself: keep that
+                os.dup2(saved, 2)
             os.close(saved)
             buffer.seek(0)
             data = buffer.read()
             held["text"] = data.decode(errors="replace")
             if data and (ok or show_library_output()):
                 os.write(2, data)
+
+
+def _same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -100,8 +110,17 @@ def has_checkpoints(workdir: str) -> bool:
     return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, Any]) -> None:
-    """Write ``state`` as the checkpoint of its step; `CheckpointError` if that fails."""
+def save(
+    manager: ocp.CheckpointManager,
+    state: TrainState,
+    metadata: dict[str, Any],
+    on_failure: Callable[[CheckpointError], None] | None = None,
+) -> None:
+    """Write ``state`` as the checkpoint of its step; `CheckpointError` if that fails.
+
+    ``on_failure``, if given, is called with that error while the library's output is still
+    held, before file descriptor 2 is given back: a caller that wants the library's late
+    tracebacks kept off the terminal can point fd 2 elsewhere there, with no gap."""
     step = int(jax.device_get(state.step))
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -111,21 +130,26 @@ def save(manager: ocp.CheckpointManager, state: TrainState, metadata: dict[str, 
     held = {"text": ""}
     try:
         with _held_stderr() as held:
-            manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-                    metadata=ocp.args.JsonSave(dict(metadata, step=step)),
-                ),
-                force=True,
-            )
-            manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap I/O errors in several types
-        text = str(e)
-        reason = next((r for r in ("No space left on device", "Read-only file system", "Permission denied") if r in text), type(e).__name__)
-        error = CheckpointError(f"could not write the checkpoint of step {step} in {manager.directory}: {reason}")
+            try:
+                manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+                        metadata=ocp.args.JsonSave(dict(metadata, step=step)),
+                    ),
+                    force=True,
+                )
+                manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore wrap I/O errors in several types
+                text = str(e)
+                reason = next((r for r in ("No space left on device", "Read-only file system", "Permission denied") if r in text), type(e).__name__)
+                error = CheckpointError(f"could not write the checkpoint of step {step} in {manager.directory}: {reason}")
+                if on_failure is not None:
+                    on_failure(error)
+                raise error from None
+    except CheckpointError as error:
         error.details = held["text"]
-        raise error from None
+        raise
     finally:
         absl_logger.setLevel(level)
 

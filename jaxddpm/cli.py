@@ -14,12 +14,30 @@ USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
 
 class _Stderr:
-    """Where the one-line errors go. After `silence`, file descriptor 2 points at /dev/null
-    (so tracebacks that library threads, atexit handlers and never-awaited tasks print
-    while a failed run shuts down stay off the terminal) and our own line still reaches
-    the real stderr. ``JAXDDPM_DEBUG=1`` keeps that library output visible."""
+    """Where the one-line errors go. `keep_real` (called before training starts) keeps a
+    handle on the real stderr; after `silence`, file descriptor 2 points at /dev/null (so
+    tracebacks that library threads, atexit handlers and never-awaited tasks print while a
+    failed run shuts down stay off the terminal) and our own line still reaches the real
+    stderr. ``JAXDDPM_DEBUG=1`` keeps that library output visible."""
 
     real_fd: int | None = None
+    silenced = False
+
+    @classmethod
+    def keep_real(cls) -> None:
+        """Keep a duplicate of fd 2 while it is still the real stderr: `silence` may run
+        while a checkpoint write holds fd 2 (see `jaxddpm.checkpoint.save`)."""
+        from jaxddpm.checkpoint import show_library_output
+
+        if cls.real_fd is not None or show_library_output():
+            return
+        if sys.stderr is not sys.__stderr__:  # captured (e.g. called in-process by a test): leave fd 2 alone
+            return
+        try:
+            sys.stderr.flush()
+            cls.real_fd = os.dup(2)
+        except (OSError, ValueError):  # no real fd 2
+            pass
 
     @classmethod
     def silence(cls) -> None:
@@ -29,32 +47,34 @@ class _Stderr:
 
         from jaxddpm.checkpoint import show_library_output
 
-        if cls.real_fd is not None or show_library_output():
+        if cls.silenced or show_library_output():
             return
-
+        cls.silenced = True
         # Python-level reports of the same failure (also where fd 2 cannot be redirected).
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         logging.getLogger("absl").setLevel(logging.CRITICAL)
         threading.excepthook = lambda args: None
         sys.unraisablehook = lambda unraisable: None
         warnings.simplefilter("ignore")
-        if sys.stderr is not sys.__stderr__:  # captured (e.g. called in-process by a test): leave fd 2 alone
+        if cls.real_fd is None:
             return
         try:
             sys.stderr.flush()
-            real = os.dup(2)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-        except (OSError, ValueError):  # no real fd 2 (e.g. captured in-process): leave it
-            return
-        cls.real_fd = real
+        except (OSError, ValueError):
+            pass
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
 
     @classmethod
     def write_line(cls, line: str) -> None:
         if cls.real_fd is None:
             print(line, file=sys.stderr, flush=True)
         else:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
             os.write(cls.real_fd, (line + "\n").encode())
 
 
@@ -64,8 +84,10 @@ def _fail(message: str, code: int) -> int:
 
 
 def _failing_run(exc: BaseException) -> None:
-    """Called by the trainer with the exception that ends a run, before it closes its
-    checkpoint manager and log writers (whose threads then print the same I/O error)."""
+    """Called by the trainer with the exception that ends a run: for a failed checkpoint
+    write while the checkpoint library's output is still held, otherwise before the trainer
+    closes its checkpoint manager and log writers (whose threads then print the same I/O
+    error)."""
     from jaxddpm.trainer import TrainingInterrupted
 
     if not isinstance(exc, (TrainingInterrupted, KeyboardInterrupt, SystemExit)):
@@ -142,6 +164,7 @@ def _train(argv: list[str]) -> int:
 
     from jaxddpm.trainer import TrainingInterrupted, train_and_evaluate
 
+    _Stderr.keep_real()
     try:
         train_and_evaluate(config, workdir, on_failure=_failing_run)
     except TrainingInterrupted as e:

@@ -315,7 +315,8 @@ def train_and_evaluate(
     data are unusable, and `FloatingPointError` (after keeping the last good checkpoint)
     when the loss or the gradients stop being finite. ``on_failure``, if given, is called
     with the exception that ends the training loop before the checkpoint manager and the
-    log writers are closed.
+    log writers are closed; for a failed checkpoint write, before `checkpoint.save` gives
+    file descriptor 2 back (see there).
     """
     config_lib.validate(config)
     mesh = parallel.make_mesh()
@@ -455,8 +456,16 @@ def train_and_evaluate(
             stack.callback(writer.close)
             stack.callback(metrics_file.close)
         stack.callback(progress.close)
-        if on_failure is not None:  # pushed last, so it runs first
-            stack.push(lambda exc_type, exc, tb: on_failure(exc) if exc is not None else None)
+        reported: list[BaseException] = []
+
+        def report(exc: BaseException) -> None:  # once per exception
+            if on_failure is not None and not any(exc is r for r in reported):
+                reported.append(exc)
+                on_failure(exc)
+
+        # Pushed last, so it runs first; a failed checkpoint write reports earlier, from
+        # inside checkpoint.save, while the checkpoint library's output is still held.
+        stack.push(lambda exc_type, exc, tb: report(exc) if exc is not None else None)
         while step < total:
             state, metrics = step_fn(state, images_dev, labels_dev, data_key, step_key)
             pending.append(metrics)
@@ -472,14 +481,14 @@ def train_and_evaluate(
                 consume(step - len(pending), pending[:-1])
                 pending = pending[-1:]
             if due_checkpoint:
-                checkpoint.save(manager, state, meta)
+                checkpoint.save(manager, state, meta, on_failure=report)
             if due_samples:
                 write_samples(step, f"step_{step:07d}.png")
             if _stop_requested(stop, read_metrics) and step < total:
                 consume(step - len(pending), pending)
                 pending = []
                 if not due_checkpoint:
-                    checkpoint.save(manager, state, meta)
+                    checkpoint.save(manager, state, meta, on_failure=report)
                 raise TrainingInterrupted(stop["signum"], step)
         if pending:
             consume(step - len(pending), pending)

@@ -178,19 +178,12 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(target)], check=False)
 
 
-FULL_DISK_RACE = pytest.mark.xfail(
-    reason="race: tensorstore callbacks that arrive after a failed checkpoint write has released stderr, and before "
-    "the CLI silences it, can still print 'Event loop is closed' tracebacks (seen once in CI on the 100k case)",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize(
     "options, message",
     [
         ("ro", "Read-only file system"),
-        pytest.param("size=100k", "No space left on device", marks=FULL_DISK_RACE),
-        pytest.param("size=300k", "No space left on device", marks=FULL_DISK_RACE),
+        ("size=100k", "No space left on device"),
+        ("size=300k", "No space left on device"),
     ],
 )
 def test_read_only_or_full_workdir_stderr_is_one_line(tmpfs, options, message):
