@@ -90,6 +90,29 @@ def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, taps_min_we
         jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(model_lib.make_conv_general_dilated("cpu")(
             x, kernel, strides, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))))(x))
         assert "dot_general" in jaxpr
+    if case == "3x3":  # differentiated: the forward pass is XLA's convolution, not Winograd
+        loss = lambda x, k: jnp.sum(f(x, k) ** 2)  # noqa: E731
+        hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+        # forward + kernel gradient, + the input gradient unless the taps form ran
+        assert hlo.count(" convolution(") == (2 if taps_min_weights == 1 else 3), hlo
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 5, 7), (1, 7, 5, 3, 4), (3, 32, 32, 6, 2), (1, 3, 3, 2, 2)])
+def test_winograd_convolution_equals_xla(shape):
+    """F(2x2, 3x3) Winograd (conv_impl="cpu" outside differentiation, up to 32x32 pixels),
+    odd sizes included, against XLA's convolution."""
+    b, h, w, c, o = shape
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, (b, h, w, c))
+    kernel = jax.random.normal(k2, (3, 3, c, o)) / np.sqrt(9 * c)
+    dims = ("NHWC", "HWIO", "NHWC")
+    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims, precision="highest")
+    np.testing.assert_allclose(model_lib._winograd_conv3x3(x, model_lib._winograd_kernel(kernel)), expected, atol=2e-5, rtol=1e-5)
+    conv = model_lib.make_conv_general_dilated("cpu")
+    jaxpr = str(jax.make_jaxpr(lambda x: conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims))(x))
+    assert "conv_general_dilated" not in jaxpr  # Winograd ran
+    big = jnp.zeros((1, 64, 32, c))  # more than 32x32 pixels: XLA's convolution
+    assert "conv_general_dilated" in str(jax.make_jaxpr(lambda x: conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims))(big))
 
 
 def test_conv_impls_give_the_same_model_and_gradients():
