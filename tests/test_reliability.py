@@ -240,3 +240,47 @@ def test_stderr_held_during_a_checkpoint_write_is_replayed_or_dropped(capfd, mon
             os.write(2, b"shown when debugging\n")
             raise OSError("disk full")
     assert capfd.readouterr().err == "shown when debugging\n"
+
+
+def test_a_failed_write_reports_while_its_output_is_still_held(tmp_path, capfd, monkeypatch):
+    """`checkpoint.save(on_failure=...)` runs the hook before fd 2 is given back, and where
+    the hook points fd 2 elsewhere (as the CLI does: /dev/null) the hold leaves it there,
+    so late library output cannot reach the terminal between the two."""
+    import os
+
+    from jaxddpm import checkpoint
+
+    monkeypatch.delenv("JAXDDPM_DEBUG", raising=False)
+
+    class FailingManager:
+        directory = str(tmp_path)
+
+        def save(self, *args, **kwargs):
+            os.write(2, b"traceback printed by a writer thread\n")
+            raise OSError("[Errno 28] No space left on device")
+
+    seen = {}
+    real = os.dup(2)
+    sink = tmp_path / "sink"
+
+    def on_failure(error):
+        os.write(2, b"still held\n")  # goes to the hold's buffer, not the terminal
+        seen["error"] = error
+        fd = os.open(sink, os.O_WRONLY | os.O_CREAT)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+    from jaxddpm.train import TrainState
+
+    state = TrainState(step=jnp.array(3), params={}, batch_stats={}, opt_state={}, ema_params={})
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match="No space left on device") as info:
+            checkpoint.save(FailingManager(), state, {}, on_failure=on_failure)
+        os.write(2, b"after the hold\n")  # where the hook pointed fd 2
+    finally:
+        os.dup2(real, 2)
+        os.close(real)
+    assert seen["error"] is info.value
+    assert "traceback printed by a writer thread" in info.value.details and "still held" in info.value.details
+    assert sink.read_text() == "after the hold\n"
+    assert capfd.readouterr().err == ""
