@@ -187,8 +187,9 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phases")
 # Winograd F(2x2, 3x3) (2.25x fewer multiplications). Under differentiation the forward
 # passes and the kernel gradients are XLA's own; the input gradients are computed in
 # forms that XLA:CPU runs faster than the autodiff of the forward pass:
-# - 3x3, stride 1, padding 1, at most 8x8 pixels and wide: nine per-tap matrix products
-#   (the autodiff form flips and transposes a large kernel and is ~2x slower there);
+# - 3x3 on at most 32x32 pixels with >= 128 channels in and out: Winograd;
+# - other 3x3, stride 1, padding 1, at most 8x8 pixels and wide: nine per-tap matrix
+#   products (the autodiff form flips and transposes a large kernel and is ~2x slower);
 # - 4x4, stride 2, padding 1: the transposed convolution computed as four 2x2
 #   convolutions on the cotangent (`_phases`), where autodiff convolves a zero-dilated
 #   cotangent (4x the multiplications).
@@ -211,6 +212,11 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, precision=None) -> jax.A
 _WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 _WINO_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 _WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+# The input gradient is the convolution with the flipped, in/out-swapped kernel. Its
+# transform is the same u with tile rows and columns permuted (G J = P G, P swapping rows
+# 0 and 3), so the data and output transforms take the permutation instead.
+_WINO_SWAP = np.eye(4)[[3, 1, 2, 0]]
+_WINOGRAD_MIN_CHANNELS_INPUT_GRAD = 128
 
 
 def _winograd_kernel(kernel: jax.Array) -> jax.Array:
@@ -229,10 +235,12 @@ def _lincomb(parts: list, coefficients: np.ndarray):
     return out
 
 
-def _winograd_conv3x3(x: jax.Array, u: jax.Array, precision=None) -> jax.Array:
+def _winograd_conv3x3(x: jax.Array, u: jax.Array, flipped: bool = False, precision=None) -> jax.Array:
     """3x3, stride-1, padding-1 convolution of NHWC ``x`` with the kernel whose transform
-    is ``u`` (`_winograd_kernel`); any H and W (odd sizes are padded to whole tiles)."""
-    bt, at = _WINO_BT, _WINO_AT
+    is ``u`` (`_winograd_kernel`); any H and W (odd sizes are padded to whole tiles).
+    ``flipped``: with that kernel flipped and its in/out channels swapped instead (the
+    input gradient of the convolution, ``x`` being the output cotangent)."""
+    bt, at = (_WINO_SWAP @ _WINO_BT, _WINO_AT @ _WINO_SWAP) if flipped else (_WINO_BT, _WINO_AT)
     b, h, w, c = x.shape
     nh, nw = -(-h // 2), -(-w // 2)
     xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * nh - h), (1, 1 + 2 * nw - w), (0, 0)))
@@ -242,7 +250,7 @@ def _winograd_conv3x3(x: jax.Array, u: jax.Array, precision=None) -> jax.Array:
         cols = [row[:, :, j : j + 2 * nw - 1 : 2] for j in range(4)]
         v.extend(_lincomb(cols, bt[m]) for m in range(4))
     v = jnp.stack(v).reshape(16, b * nh * nw, c)
-    prod = jnp.einsum("tnc,tco->tno", v, u, precision=precision).reshape(4, 4, b, nh, nw, -1)
+    prod = jnp.einsum("tnc,toc->tno" if flipped else "tnc,tco->tno", v, u, precision=precision).reshape(4, 4, b, nh, nw, -1)
     y = []
     for p in range(2):
         row = _lincomb([prod[k] for k in range(4)], at[p])
@@ -273,9 +281,10 @@ def _conv3x3_input_grad_taps(dy: jax.Array, kernel: jax.Array, precision=None) -
 def _tuned_conv(x: jax.Array, kernel: jax.Array, stride: int, precision=None) -> jax.Array:
     # Not differentiated (sampling, evaluation): Winograd where it pays. Under
     # differentiation the forward pass stays XLA's: Winograd's different rounding in a
-    # training step measurably changed which small gradients flip sign (python -m parity).
+    # training step's forward pass measurably changed which small gradients flip sign
+    # (python -m parity); the input gradient may use it (`_tuned_conv_bwd`).
     if _use_winograd(x.shape, stride):
-        return _winograd_conv3x3(x, _winograd_kernel(kernel), precision).astype(x.dtype)
+        return _winograd_conv3x3(x, _winograd_kernel(kernel), precision=precision).astype(x.dtype)
     return _conv(x, kernel, stride, precision)
 
 
@@ -289,6 +298,8 @@ def _tuned_conv_bwd(stride, precision, residuals, dy):
     (dkernel,) = kernel_vjp(dy)
     if stride == 2:  # the adjoint of this convolution is a transposed convolution
         dx = _phases(dy, kernel.transpose(0, 1, 3, 2))
+    elif _use_winograd(dy.shape, stride) and min(kernel.shape[2:]) >= _WINOGRAD_MIN_CHANNELS_INPUT_GRAD:
+        dx = _winograd_conv3x3(dy, _winograd_kernel(kernel), flipped=True, precision=precision)
     elif dy.shape[1] * dy.shape[2] <= _TAPS_MAX_PIXELS and kernel.shape[2] * kernel.shape[3] >= _TAPS_MIN_WEIGHTS:
         dx = _conv3x3_input_grad_taps(dy, kernel, precision)
     else:

@@ -1,11 +1,14 @@
-"""Sampling chain with and without the Winograd convolutions, interleaved in one process.
+"""Sampling chain or training step with and without the Winograd convolutions,
+interleaved in one process.
 
     python scripts/bench_winograd.py [--batch 4] [--steps 300] [--reps 3] [--max-pixels 0,1024]
+    python scripts/bench_winograd.py --train [--batch 16] [--reps 8]
 
-Each variant is the jaxddpm sampler (full-size model, 64x64, conv_impl="auto") compiled with
-``jaxddpm.model._WINOGRAD_MAX_PIXELS`` set to the given value (0: no Winograd; 1024: the
-default, images up to 32x32). Prints milliseconds per reverse step and the largest
-difference between the variants' samples.
+Each variant is jaxddpm's sampler (or jit-compiled train step) for the full-size model,
+64x64, conv_impl="auto", compiled with ``jaxddpm.model._WINOGRAD_MAX_PIXELS`` set to the
+given value (0: no Winograd; 1024: the default, images up to 32x32). Prints milliseconds
+per reverse step (or seconds per train step) and the largest difference between the
+variants' samples (or losses).
 """
 
 import argparse
@@ -24,12 +27,16 @@ from jaxddpm import trainer
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--train", action="store_true", help="time the training step instead of the sampling chain")
+    parser.add_argument("--batch", type=int, help="default 4 (sampling) or 16 (training)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-pixels", default="0,1024")
     args = parser.parse_args()
     variants = [int(v) for v in args.max_pixels.split(",")]
+    if args.train:
+        return train(args, variants)
+    args.batch = args.batch or 4
     model = jd.SimpleUNet()
     schedule = jd.make_schedule(num_timesteps=args.steps)
     shape = (args.batch, 64, 64, 3)
@@ -51,6 +58,38 @@ def main() -> int:
         "ms_per_step": {str(v): {"median": float(np.median(t)), "min": float(np.min(t)), "all": [round(x, 2) for x in t]}
                         for v, t in times.items()},
         "max_abs_sample_difference": {str(v): float(np.abs(samples[v] - samples[variants[0]]).max()) for v in variants},
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def train(args: argparse.Namespace, variants: list[int]) -> int:
+    batch = args.batch or 16
+    model = jd.SimpleUNet()
+    schedule = jd.make_schedule(num_timesteps=args.steps)
+    tx = jd.make_optimizer(1e-3)
+    state = jd.create_train_state(model, tx, jax.random.key(0), (64, 64, 3))
+    x = jax.random.uniform(jax.random.key(1), (batch, 64, 64, 3), minval=-1, maxval=1)
+    key = jax.random.key(2)
+    compiled, states, losses = {}, {}, {}
+    for v in variants:
+        model_lib._WINOGRAD_MAX_PIXELS = v  # read when the step is traced
+        compiled[v] = jd.jit_train_step(model, tx, schedule, ema_decay=0.999).lower(state, x, key).compile()
+    for v in variants:  # the step donates its state: one copy per variant; also the warm-up
+        states[v], metrics = compiled[v](jax.tree.map(jnp.copy, state), x, key)
+        losses[v] = float(metrics["loss"])
+    times = {v: [] for v in variants}
+    for _ in range(args.reps):
+        for v in variants:
+            start = time.perf_counter()
+            states[v], metrics = compiled[v](states[v], x, key)
+            jax.block_until_ready(metrics)
+            times[v].append(time.perf_counter() - start)
+    result = {
+        "command": " ".join(sys.argv), "device": jax.devices()[0].device_kind, "batch": batch,
+        "s_per_train_step": {str(v): {"median": float(np.median(t)), "min": float(np.min(t)), "all": [round(x, 3) for x in t]}
+                             for v, t in times.items()},
+        "first_step_loss": {str(v): losses[v] for v in variants},
     }
     print(json.dumps(result, indent=1))
     return 0

@@ -66,11 +66,13 @@ def test_conv_transpose_matches_a_scatter_definition():
         np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=impl)
 
 
-@pytest.mark.parametrize("taps_min_weights", [1, 2**40], ids=["taps", "xla-input-grad"])
+@pytest.mark.parametrize("input_grad", ["taps", "winograd", "xla-input-grad"])
 @pytest.mark.parametrize("case", ["3x3", "4x4-stride2"])
-def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, taps_min_weights):
+def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, input_grad):
     """The hand-written input/kernel gradients of conv_impl="cpu" equal XLA's autodiff."""
-    monkeypatch.setattr(model_lib, "_TAPS_MIN_WEIGHTS", taps_min_weights)
+    monkeypatch.setattr(model_lib, "_TAPS_MIN_WEIGHTS", 1 if input_grad == "taps" else 2**40)
+    if input_grad == "winograd":  # also for this test's few channels
+        monkeypatch.setattr(model_lib, "_WINOGRAD_MIN_CHANNELS_INPUT_GRAD", 1)
     size, strides = ((3, 3), (1, 1)) if case == "3x3" else ((4, 4), (2, 2))
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(k1, (2, 8, 6, 5))
@@ -86,28 +88,32 @@ def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, taps_min_we
         results[impl] = (y, *vjp(cotangent))
     assert results["cpu"][0].shape == out_shape
     chex.assert_trees_all_close(results["cpu"], results["xla"], atol=1e-4, rtol=1e-5)
-    if case == "3x3" and taps_min_weights == 1:  # the taps form must really have run
+    if case == "3x3" and input_grad != "xla-input-grad":  # the taps / Winograd form must really have run
         jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(model_lib.make_conv_general_dilated("cpu")(
             x, kernel, strides, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))))(x))
         assert "dot_general" in jaxpr
     if case == "3x3":  # differentiated: the forward pass is XLA's convolution, not Winograd
         loss = lambda x, k: jnp.sum(f(x, k) ** 2)  # noqa: E731
         hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
-        # forward + kernel gradient, + the input gradient unless the taps form ran
-        assert hlo.count(" convolution(") == (2 if taps_min_weights == 1 else 3), hlo
+        # forward + kernel gradient, + the input gradient unless the taps or Winograd form ran
+        assert hlo.count(" convolution(") == (3 if input_grad == "xla-input-grad" else 2), hlo
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 5, 7), (1, 7, 5, 3, 4), (3, 32, 32, 6, 2), (1, 3, 3, 2, 2)])
 def test_winograd_convolution_equals_xla(shape):
     """F(2x2, 3x3) Winograd (conv_impl="cpu" outside differentiation, up to 32x32 pixels),
-    odd sizes included, against XLA's convolution."""
+    odd sizes included, and its flipped form (the input gradient), against XLA."""
     b, h, w, c, o = shape
-    k1, k2 = jax.random.split(jax.random.key(0))
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(k1, (b, h, w, c))
     kernel = jax.random.normal(k2, (3, 3, c, o)) / np.sqrt(9 * c)
+    dy = jax.random.normal(k3, (b, h, w, o))
     dims = ("NHWC", "HWIO", "NHWC")
-    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims, precision="highest")
-    np.testing.assert_allclose(model_lib._winograd_conv3x3(x, model_lib._winograd_kernel(kernel)), expected, atol=2e-5, rtol=1e-5)
+    expected, vjp = jax.vjp(lambda x: jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims,
+                                                                   precision="highest"), x)
+    u = model_lib._winograd_kernel(kernel)
+    np.testing.assert_allclose(model_lib._winograd_conv3x3(x, u), expected, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(model_lib._winograd_conv3x3(dy, u, flipped=True), vjp(dy)[0], atol=2e-5, rtol=1e-5)
     conv = model_lib.make_conv_general_dilated("cpu")
     jaxpr = str(jax.make_jaxpr(lambda x: conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims))(x))
     assert "conv_general_dilated" not in jaxpr  # Winograd ran
