@@ -127,7 +127,6 @@ def save(
     # orbax logs a failed write from its writer threads before raising it here; the error
     # is reported once, by the exception below.
     absl_logger.setLevel(logging.CRITICAL)
-    held = {"text": ""}
     try:
         with _held_stderr() as held:
             try:

@@ -13,6 +13,15 @@ import sys
 USAGE_ERROR, RUNTIME_ERROR = 2, 1
 
 
+def _flush_python_stderr() -> None:
+    """Write out what Python buffered for stderr before file descriptor 2 changes or is
+    bypassed."""
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 class _Stderr:
     """Where the one-line errors go. `keep_real` (called before training starts) keeps a
     handle on the real stderr; after `silence`, file descriptor 2 points at /dev/null (so
@@ -58,10 +67,7 @@ class _Stderr:
         warnings.simplefilter("ignore")
         if cls.real_fd is None:
             return
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        _flush_python_stderr()
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
@@ -71,10 +77,7 @@ class _Stderr:
         if cls.real_fd is None:
             print(line, file=sys.stderr, flush=True)
         else:
-            try:
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
+            _flush_python_stderr()
             os.write(cls.real_fd, (line + "\n").encode())
 
 
