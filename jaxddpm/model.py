@@ -154,6 +154,10 @@ def _with_adjoint_vjp(forward):
     def f_bwd(residuals, dy):
         x, kernel = residuals
         dx = _conv_stride2(dy, kernel)
+        if jax.default_backend() == "cpu":
+            # The kernel gradient of _conv_stride2(dy, k) at cotangent x, for its kernel
+            # k.transpose(0, 1, 3, 2), transposed back; canonical (see _conv_kernel_grad).
+            return dx, _conv_kernel_grad(dy, x, 2).transpose(0, 1, 3, 2)
         _, kernel_vjp = jax.vjp(lambda k: _conv_stride2(dy, k), kernel)
         return dx, kernel_vjp(x)[0]
 
@@ -185,14 +189,17 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phases")
 # Convolutions tuned for XLA:CPU (see experiments/bench/README.md). Outside
 # differentiation (sampling, evaluation), 3x3 convolutions on at most 32x32 pixels use
 # Winograd F(2x2, 3x3) (2.25x fewer multiplications). Under differentiation the forward
-# passes and the kernel gradients are XLA's own; the input gradients are computed in
-# forms that XLA:CPU runs faster than the autodiff of the forward pass:
+# passes are XLA's own, the kernel gradients XLA's convolutions in canonical form
+# (`_conv_kernel_grad`), and the input gradients are computed in forms that XLA:CPU runs
+# faster than the autodiff of the forward pass:
 # - 3x3 on at most 32x32 pixels with >= 128 channels in and out: Winograd;
 # - other 3x3, stride 1, padding 1, at most 8x8 pixels and wide: nine per-tap matrix
 #   products (the autodiff form flips and transposes a large kernel and is ~2x slower);
 # - 4x4, stride 2, padding 1: the transposed convolution computed as four 2x2
 #   convolutions on the cotangent (`_phases`), where autodiff convolves a zero-dilated
-#   cotangent (4x the multiplications).
+#   cotangent (4x the multiplications);
+# - else: the canonical convolution with the flipped kernel (`_conv3x3_input_grad`).
+# 1x1 convolutions are matrix products.
 CONV_IMPLS = ("auto", "xla", "cpu")
 _TAPS_MAX_PIXELS = 64
 _TAPS_MIN_WEIGHTS = 2**19
@@ -203,6 +210,29 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, precision=None) -> jax.A
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_NHWC, precision=precision
     )
+
+
+# XLA:CPU runs a convolution fast (Eigen) only in its canonical form: NHWC input, HWIO
+# kernel, NHWC output. Autodiff's gradient convolutions are not in that form; XLA:CPU
+# rewrites them with transposes, but only in a program's top-level computation, not
+# inside loops (lax.scan, fori_loop), where they ran 15-50x slower. The gradients below
+# are written as canonical convolutions of explicitly transposed operands: the same
+# transposes and sums as XLA's rewrite (equal to autodiff bit for bit in float64), in
+# every computation.
+def _conv_kernel_grad(x: jax.Array, dy: jax.Array, stride: int, precision=None) -> jax.Array:
+    """d/dkernel of ``_conv(x, kernel, stride)`` at cotangent ``dy``: the correlation of
+    x and dy over batch and pixels, as a convolution with batch C and features N."""
+    xt = x.transpose(3, 1, 2, 0)  # (C, H, W, N)
+    dyk = dy.transpose(1, 2, 0, 3)  # (P, Q, N, O) as the kernel
+    out = jax.lax.conv_general_dilated(
+        xt, dyk, (1, 1), ((1, 1), (1, 1)), rhs_dilation=(stride, stride), dimension_numbers=_NHWC, precision=precision
+    )
+    return out.transpose(1, 2, 0, 3)  # (C, kh, kw, O) -> (kh, kw, C, O)
+
+
+def _conv3x3_input_grad(dy: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
+    """d/dx of ``_conv(x, kernel, 1)``: the convolution with the flipped, in/out-swapped kernel."""
+    return _conv(dy, kernel[::-1, ::-1].transpose(0, 1, 3, 2), 1, precision)
 
 
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016): a 3x3, padding-1 convolution computed on
@@ -294,8 +324,7 @@ def _tuned_conv_fwd(x, kernel, stride, precision):
 
 def _tuned_conv_bwd(stride, precision, residuals, dy):
     x, kernel = residuals
-    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, stride, precision), kernel)
-    (dkernel,) = kernel_vjp(dy)
+    dkernel = _conv_kernel_grad(x, dy, stride, precision)
     if stride == 2:  # the adjoint of this convolution is a transposed convolution
         dx = _phases(dy, kernel.transpose(0, 1, 3, 2))
     elif _use_winograd(dy.shape, stride) and min(kernel.shape[2:]) >= _WINOGRAD_MIN_CHANNELS_INPUT_GRAD:
@@ -303,8 +332,7 @@ def _tuned_conv_bwd(stride, precision, residuals, dy):
     elif dy.shape[1] * dy.shape[2] <= _TAPS_MAX_PIXELS and kernel.shape[2] * kernel.shape[3] >= _TAPS_MIN_WEIGHTS:
         dx = _conv3x3_input_grad_taps(dy, kernel, precision)
     else:
-        _, input_vjp = jax.vjp(lambda v: _conv(v, kernel, stride, precision), x)
-        (dx,) = input_vjp(dy)
+        dx = _conv3x3_input_grad(dy, kernel, precision)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
@@ -329,12 +357,26 @@ def _tunable(x_shape, kernel_shape, window_strides, padding, lhs_dilation, rhs_d
     return 0
 
 
+def _is_pointwise(x_shape, kernel_shape, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
+    """Whether a convolution is 1x1, stride 1, unpadded, NHWC/HWIO, ungrouped and undilated."""
+    if groups != 1 or len(x_shape) != 4 or tuple(kernel_shape[:2]) != (1, 1) or tuple(window_strides) != (1, 1):
+        return False
+    if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        return False
+    if padding not in ("VALID", "SAME") and (isinstance(padding, str) or tuple(map(tuple, padding)) != ((0, 0), (0, 0))):
+        return False
+    return jax.lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC) == jax.lax.conv_dimension_numbers(
+        x_shape, kernel_shape, dimension_numbers
+    )
+
+
 def make_conv_general_dilated(impl: str):
     """A drop-in for ``lax.conv_general_dilated`` (as ``nn.Conv(conv_general_dilated=...)``).
 
     ``"xla"``: XLA's convolution and its autodiff. ``"cpu"``: Winograd for undifferentiated
-    3x3 convolutions on small images, and the hand-written input gradients above for
-    3x3/stride-1 and 4x4/stride-2 convolutions (padding 1, NHWC); anything else is XLA's.
+    3x3 convolutions on small images, the hand-written gradients above for 3x3/stride-1
+    and 4x4/stride-2 convolutions (padding 1, NHWC), which stay fast inside loops, and
+    1x1 convolutions as matrix products; anything else is XLA's.
     ``"auto"``: ``"cpu"`` when JAX's default backend is the CPU, else ``"xla"``. All compute the same function.
     """
     if impl not in CONV_IMPLS:
@@ -349,6 +391,10 @@ def make_conv_general_dilated(impl: str):
                               dimension_numbers, feature_group_count)
         if stride:
             return _tuned_conv(lhs, rhs, stride, precision)
+        if use == "cpu" and not kwargs and _is_pointwise(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
+                                                          rhs_dilation, dimension_numbers, feature_group_count):
+            # A 1x1 convolution is a matrix product; as one, its gradients are too (in loops as well).
+            return jnp.einsum("nhwc,co->nhwo", lhs, rhs[0, 0], precision=precision)
         return jax.lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
             dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision, **kwargs,
@@ -451,4 +497,4 @@ class SimpleUNet(nn.Module):
                 features, upsample=True, upsample_impl=self.upsample_impl, conv_impl=self.conv_impl, name=f"up_blocks_{i}", **kw
             )
             x = block(x, t_emb, train)
-        return nn.Conv(self.out_channels, (1, 1), name="final_conv", **kw)(x)
+        return nn.Conv(self.out_channels, (1, 1), name="final_conv", conv_general_dilated=conv, **kw)(x)

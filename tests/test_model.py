@@ -1,4 +1,5 @@
 import math
+import re
 
 import chex
 import jax
@@ -186,3 +187,26 @@ def test_upsample_gradients_match_plain_autodiff():
     for impl in ("subpixel", "phases"):
         got = jax.jit(jax.grad(loss(impl), argnums=(0, 1)))(x, kernel)
         chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_cpu_convolutions_stay_canonical_inside_a_training_loop():
+    """XLA:CPU runs a convolution fast only in canonical form (NHWC input, HWIO kernel) and
+    rewrites other forms only outside loops; conv_impl="cpu" writes its gradient
+    convolutions canonically, so training steps inside fori_loop/scan stay fast. Plain
+    autodiff ("xla") is the counterexample this test can tell apart."""
+    found = {}
+    for impl in ("cpu", "xla"):
+        model = jd.SimpleUNet(**TINY, conv_impl=impl)
+        tx = jd.make_optimizer(1e-3)
+        schedule = jd.make_schedule(num_timesteps=10)
+        state = jd.create_train_state(model, tx, jax.random.key(0), (16, 16, 3))
+        x = jnp.zeros((2, 16, 16, 3))
+
+        def loop(state, key):
+            body = lambda i, s: jd.train_step(s, x, key, model=model, tx=tx, schedule=schedule)[0]  # noqa: E731
+            return jax.lax.fori_loop(0, 2, body, state)
+
+        hlo = jax.jit(loop).lower(state, jax.random.key(1)).compile().as_text()
+        found[impl] = set(re.findall(r"convolution\(.*dim_labels=([^,]*)", hlo))
+    assert found["cpu"] == {"b01f_01io->b01f"}, found
+    assert found["xla"] - {"b01f_01io->b01f"}, found
