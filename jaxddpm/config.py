@@ -143,6 +143,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.num_steps >= 0 and t.num_epochs >= 0, "train.num_steps and train.num_epochs must not be negative")
     need(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
     need(t.log_every_steps > 0, f"train.log_every_steps must be positive, got {t.log_every_steps}")
+    need(t.steps_per_call >= 1, f"train.steps_per_call must be at least 1, got {t.steps_per_call}")
     need(t.sharding in SHARDING_MODES, f"train.sharding={t.sharding!r} is unknown; allowed: {', '.join(SHARDING_MODES)}")
     need(s.prediction in PREDICTIONS, f"diffusion.prediction={s.prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
     need(s.min_snr_gamma >= 0, f"diffusion.min_snr_gamma must not be negative, got {s.min_snr_gamma}")

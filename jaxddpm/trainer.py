@@ -123,14 +123,27 @@ def initial_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainSta
     return create_sharded_state(model, tx, key, shape, parallel.make_mesh(), config.train.sharding)
 
 
-def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mesh=None, state_shardings=None):
-    """Compiled ``(state, images, labels, data_key, step_key) -> (state, metrics)``.
+def steps_per_call(config: ml_collections.ConfigDict) -> int:
+    """Training steps per compiled call: ``train.steps_per_call``, except 1 for models
+    other than simple_unet on the CPU (XLA:CPU runs their gradient convolutions slowly
+    inside a loop; simple_unet's are written to stay fast there)."""
+    if config.model.name != "simple_unet" and jax.default_backend() == "cpu":
+        return 1
+    return int(config.train.steps_per_call)
+
+
+def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mesh=None, state_shardings=None,
+                    steps: int = 1):
+    """Compiled ``(state, images, labels, data_key, step_key) -> (state, metrics)``, or with
+    ``steps`` > 1, ``(state, images, labels, data_key, step_key, n) -> (state, metrics)``
+    that runs ``n`` (1 to ``steps``) training steps in one call, as a loop on the device;
+    each metric then has ``steps`` entries, the first ``n`` filled. A step gives the same
+    result whichever call it runs in (the loop body is one compiled program).
 
     The batch (and, for a conditional model, its labels) is gathered, flipped and scaled on
     the device from the resident uint8 dataset, so a step needs nothing from the host. On a
     ``mesh`` the global batch is split over its devices (each gathers only its own rows)
-    and the state keeps ``state_shardings``. (One step per call: XLA:CPU runs a training
-    step inside `lax.scan` far slower than the same step on its own.)
+    and the state keeps ``state_shardings``.
     """
     t = config.train
     step_fn = functools.partial(
@@ -146,9 +159,22 @@ def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mesh
             batch = jax.lax.with_sharding_constraint(batch, parallel.batch_sharding(mesh))
         return step_fn(state, batch, step_key, labels=batch_labels)
 
+    fn = step
+    if steps > 1:
+        def fn(state, images_u8, labels, data_key, step_key, n):
+            shapes = jax.eval_shape(step, state, images_u8, labels, data_key, step_key)[1]
+            empty = jax.tree.map(lambda a: jnp.zeros((steps, *a.shape), a.dtype), shapes)
+
+            def body(i, carry):
+                state, metrics = carry
+                state, m = step(state, images_u8, labels, data_key, step_key)
+                return state, jax.tree.map(lambda buf, v: buf.at[i].set(v), metrics, m)
+
+            return jax.lax.fori_loop(0, n, body, (state, empty))
+
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
-    return jax.jit(step, donate_argnums=0, out_shardings=(state_shardings, parallel.replicated(mesh)))
+        return jax.jit(fn, donate_argnums=0)
+    return jax.jit(fn, donate_argnums=0, out_shardings=(state_shardings, parallel.replicated(mesh)))
 
 
 def sampler_options(config: ml_collections.ConfigDict, **overrides) -> dict:
@@ -374,7 +400,8 @@ def train_and_evaluate(
     total = total_steps(config, len(dataset))
     images_dev = parallel.put_replicated(dataset.images, mesh)
     labels_dev = parallel.put_replicated(dataset.labels, mesh)
-    step_fn = make_train_step(model, tx, schedule, config, mesh, state_shardings)
+    per_call = steps_per_call(config)
+    step_fn = make_train_step(model, tx, schedule, config, mesh, state_shardings, per_call)
     sampler = make_sampler(model, schedule, (config.sample.num, *image_shape), mesh, **sampler_options(config))
     grid_labels = sample_labels(config.sample.num, config.model.num_classes, config.sample.label)
     meta = dict(config=json.loads(config_lib.to_json(config)), process_count=jax.process_count())
@@ -398,14 +425,17 @@ def train_and_evaluate(
     window = dict(loss=[], grad_norm=[], seconds=0.0)
     clock = {"last": time.perf_counter()}
 
-    def consume(first_step: int, metrics: list) -> None:
-        """Read dispatched steps' metrics (blocks only on those steps) and log them."""
-        host = jax.device_get(metrics)
+    def consume(first_step: int, calls: list) -> None:
+        """Read dispatched calls' metrics (blocks only on those) and log them per step.
+        ``calls``: (metrics, number of steps) per call, oldest first."""
+        if not calls:
+            return
+        host = jax.device_get([m for m, _ in calls])
         now = time.perf_counter()
-        seconds_per_step = (now - clock["last"]) / len(host)
+        losses = np.concatenate([np.atleast_1d(m["loss"])[:n] for m, (_, n) in zip(host, calls)])
+        norms = np.concatenate([np.atleast_1d(m["grad_norm"])[:n] for m, (_, n) in zip(host, calls)])
+        seconds_per_step = (now - clock["last"]) / len(losses)
         clock["last"] = now
-        losses = np.asarray([m["loss"] for m in host])
-        norms = np.asarray([m["grad_norm"] for m in host])
         bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(norms)))
         if bad.size:
             raise FloatingPointError(
@@ -447,7 +477,15 @@ def train_and_evaluate(
         images.save_grid(os.path.join(workdir, "samples", name), samples)
         writer.add_image("samples", images.grid(data.to_uint8(samples)), step, dataformats="HWC")
 
-    pending: list = []  # metrics of dispatched steps not yet read, oldest first
+    def steps_to_next_event(step: int) -> int:
+        """Steps in the next call: at most ``per_call``, ending at the next checkpoint,
+        samples or the end, so that those fall between calls."""
+        n = min(per_call, total - step, config.checkpoint.every_steps - step % config.checkpoint.every_steps)
+        if config.sample.every_steps > 0:
+            n = min(n, config.sample.every_steps - step % config.sample.every_steps)
+        return n
+
+    pending: list = []  # (metrics, steps) of dispatched calls not yet read, oldest first
     step = start
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(_stop_requests())
@@ -467,31 +505,37 @@ def train_and_evaluate(
         # inside checkpoint.save, while the checkpoint library's output is still held.
         stack.push(lambda exc_type, exc, tb: report(exc) if exc is not None else None)
         while step < total:
-            state, metrics = step_fn(state, images_dev, labels_dev, data_key, step_key)
-            pending.append(metrics)
-            step += 1
+            if per_call > 1:
+                n = steps_to_next_event(step)
+                state, metrics = step_fn(state, images_dev, labels_dev, data_key, step_key, np.int32(n))
+            else:
+                n = 1
+                state, metrics = step_fn(state, images_dev, labels_dev, data_key, step_key)
+            pending.append((metrics, n))
+            step += n
             due_checkpoint = step % config.checkpoint.every_steps == 0 or step == total
             due_samples = config.sample.every_steps > 0 and step % config.sample.every_steps == 0 and step < total
-            read_metrics = due_checkpoint or due_samples or len(pending) > METRICS_EVERY
+            unread = sum(k for _, k in pending)
+            read_metrics = due_checkpoint or due_samples or unread > METRICS_EVERY
             if due_checkpoint or due_samples:
-                consume(step - len(pending), pending)  # never checkpoint a non-finite state
+                consume(step - unread, pending)  # never checkpoint a non-finite state
                 pending = []
             elif read_metrics:
-                # Read all but the step just dispatched, so the device always has work queued.
-                consume(step - len(pending), pending[:-1])
+                # Read all but the call just dispatched, so the device always has work queued.
+                consume(step - unread, pending[:-1])
                 pending = pending[-1:]
             if due_checkpoint:
                 checkpoint.save(manager, state, meta, on_failure=report)
             if due_samples:
                 write_samples(step, f"step_{step:07d}.png")
             if _stop_requested(stop, read_metrics) and step < total:
-                consume(step - len(pending), pending)
+                consume(step - sum(k for _, k in pending), pending)
                 pending = []
                 if not due_checkpoint:
                     checkpoint.save(manager, state, meta, on_failure=report)
                 raise TrainingInterrupted(stop["signum"], step)
         if pending:
-            consume(step - len(pending), pending)
+            consume(step - sum(k for _, k in pending), pending)
         if start < total or not os.path.exists(os.path.join(workdir, "samples", "final.png")):
             write_samples(total, "final.png")
             if main:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import torch
 
 import jaxddpm as jd
-from jaxddpm import trainer, xla_flags
+from jaxddpm import config as config_lib, trainer, xla_flags
 from jaxddpm.model import CONV_IMPLS, UPSAMPLE_IMPLS
 from parity import reference
 
@@ -129,6 +129,39 @@ def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> di
     return result
 
 
+def bench_jax_train_loop(sizes: dict, batch: int, reps: int, steps: int) -> dict:
+    """The program `jaxddpm train` runs: ``steps`` training steps per call as a loop on the
+    device, each gathering its batch from a resident uint8 dataset. Times are per step."""
+    model = jax_model(sizes)
+    schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
+    tx = jd.make_optimizer(1e-3)
+    s = sizes["image_size"]
+    config = config_lib.apply_overrides(config_lib.load_config("flowers64"), {
+        "model.channels": str(tuple(sizes["channels"])), "model.time_emb_dim": str(sizes["time_emb_dim"]),
+        "data.image_size": str(s), "data.channels": str(sizes["image_channels"]),
+        "diffusion.num_timesteps": str(sizes["num_timesteps"]), "train.batch_size": str(batch),
+    })
+    state = jd.create_train_state(model, tx, jax.random.key(0), (s, s, sizes["image_channels"]))
+    images = jax.random.randint(jax.random.key(1), (max(4 * batch, 64), s, s, sizes["image_channels"]), 0, 256).astype(jnp.uint8)
+    labels = jnp.zeros((images.shape[0],), jnp.int32)
+    data_key, step_key = jax.random.key(2), jax.random.key(3)
+    fn = trainer.make_train_step(model, tx, schedule, config, steps=steps)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, images, labels, data_key, step_key, jnp.int32(steps)).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], images, labels, data_key, step_key, jnp.int32(steps))
+        jax.block_until_ready(metrics)
+
+    result = timed(run, reps)
+    for k in ("first_call_s", "median_s", "min_s"):
+        result[k] /= steps
+    result.update(compile_s=compile_s, steps_per_call=steps, images_per_s=batch / result["median_s"])
+    return result
+
+
 def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_model: bool = False) -> dict:
     model = torch_model(sizes, device).train()
     forward = torch.compile(model) if compile_model else model
@@ -211,6 +244,10 @@ def run(args: argparse.Namespace) -> dict:
     train["torch_eager"] = bench_torch_train(sizes, args.batch, args.reps, device)
     print(f"train torch eager: {train['torch_eager']['median_s']:.4f} s/step", flush=True)
     train["ratio_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm"]["median_s"]
+    if args.steps_per_call > 1:
+        train["jaxddpm_loop"] = bench_jax_train_loop(sizes, args.batch, args.reps, args.steps_per_call)
+        print(f"train jaxddpm, {args.steps_per_call} steps per call: {train['jaxddpm_loop']['median_s']:.4f} s/step", flush=True)
+        train["ratio_loop_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm_loop"]["median_s"]
     if gpu:
         train["jaxddpm_bfloat16"] = bench_jax_train(sizes, args.batch, args.reps, dtype=jnp.bfloat16)
         train["ratio_bfloat16_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm_bfloat16"]["median_s"]
@@ -230,6 +267,10 @@ def format_table(r: dict) -> str:
     t, s = r["train"], r["sample"]
     rows.append((f"train step, batch {r['batch']}: jaxddpm", f"{t['jaxddpm']['median_s']:.4f} s", f"{t['jaxddpm']['min_s']:.4f} s", ""))
     rows.append(("train step: torch eager", f"{t['torch_eager']['median_s']:.4f} s", f"{t['torch_eager']['min_s']:.4f} s", f"{t['ratio_vs_eager']:.2f}"))
+    if "jaxddpm_loop" in t:
+        j = t["jaxddpm_loop"]
+        rows.append((f"train step: jaxddpm, {j['steps_per_call']} steps per call (jaxddpm train)", f"{j['median_s']:.4f} s",
+                     f"{j['min_s']:.4f} s", f"{t['ratio_loop_vs_eager']:.2f}"))
     for key, ratio in (("jaxddpm_bfloat16", "ratio_bfloat16_vs_eager"), ("torch_compile", "ratio_vs_compile")):
         if key in t:
             rows.append((f"train step: {key}", f"{t[key]['median_s']:.4f} s", f"{t[key]['min_s']:.4f} s", f"{t[ratio]:.2f}"))
@@ -256,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-batch", type=int, default=4, help="sampling batch (default 4)")
     parser.add_argument("--reps", type=int, default=3, help="timed training repetitions (default 3)")
     parser.add_argument("--sample-reps", type=int, default=2, help="timed sampling repetitions (default 2)")
+    parser.add_argument("--steps-per-call", type=int, default=8,
+                        help="also time the training loop of `jaxddpm train` with this many steps per call (default 8; 1 = skip)")
     parser.add_argument("--conv-impl", default=jd.SimpleUNet.conv_impl, choices=CONV_IMPLS,
                         help=f"SimpleUNet.conv_impl for jaxddpm (default {jd.SimpleUNet.conv_impl})")
     parser.add_argument("--upsample-impl", default=jd.SimpleUNet.upsample_impl, choices=UPSAMPLE_IMPLS,
@@ -263,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join("experiments", "bench"), help="directory for the JSON result ('' = do not write)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if min(args.batch, args.sample_batch, args.reps, args.sample_reps) < 1:
-        print("error: --batch, --sample-batch, --reps and --sample-reps must be positive", file=sys.stderr)
+    if min(args.batch, args.sample_batch, args.reps, args.sample_reps, args.steps_per_call) < 1:
+        print("error: --batch, --sample-batch, --reps, --sample-reps and --steps-per-call must be positive", file=sys.stderr)
         return 2
     results = run(args)
     print(format_table(results))

@@ -14,4 +14,5 @@ def test_quick_bench_writes_results(tmp_path, capsys):
         assert r[section]["jaxddpm"]["median_s"] > 0 and r[section]["torch_eager"]["median_s"] > 0
         assert r[section]["ratio_vs_eager"] > 0
     assert r["train"]["jaxddpm"]["flops_per_step"] > 0 and r["train"]["jaxddpm"]["compile_s"] > 0
+    assert r["train"]["jaxddpm_loop"]["steps_per_call"] == 8 and r["train"]["ratio_loop_vs_eager"] > 0
     assert "ratio (torch / jaxddpm)" in capsys.readouterr().out

@@ -40,6 +40,26 @@ def test_train_on_bundled_digits(tmp_path):
     assert saved["model"]["channels"] == [4, 8] and saved["data"]["source"] == "digits"
 
 
+def test_several_steps_per_call_train_like_one_step_per_call(tmp_path):
+    """train.steps_per_call > 1 runs the steps as a loop on the device, in calls that end
+    at checkpoints and samples; the trajectory and the logs are those of one step per call."""
+    states, rows = {}, {}
+    for per_call in (1, 3):
+        workdir = str(tmp_path / f"run{per_call}")
+        config = tiny_config(train__num_steps=7, train__log_every_steps=1, checkpoint__every_steps=5,
+                             sample__every_steps=4, train__steps_per_call=per_call)
+        states[per_call] = train_and_evaluate(config, workdir)
+        rows[per_call] = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+        assert saved[-2:] == [5, 7], saved
+        assert {"step_0000004.png", "final.png"} <= set(os.listdir(os.path.join(workdir, "samples")))
+    assert int(states[3].step) == 7
+    assert [r["step"] for r in rows[3]] == list(range(1, 8))
+    np.testing.assert_allclose([r["loss"] for r in rows[3]], [r["loss"] for r in rows[1]], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(states[3].params), jax.tree.leaves(states[1].params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_train_on_an_image_folder(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

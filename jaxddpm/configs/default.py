@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.label_dropout = 0.1  # share of labels replaced by "no label" (conditional models)
     c.train.sharding = "replicated"  # train state over the devices: replicated | fsdp (split large arrays)
     c.train.log_every_steps = 100
+    c.train.steps_per_call = 8  # training steps per compiled call (a loop on the device); 1 = one per call
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 5000

@@ -1,0 +1,72 @@
+"""The training program of `jaxddpm train` with different numbers of steps per call (and
+conv_impl), interleaved in one process.
+
+    python scripts/bench_train_loop.py [--steps-per-call 1,8] [--conv-impls auto] [--reps 3] [--small]
+
+Each variant is `jaxddpm.trainer.make_train_step` for the full-size model (``--small``:
+channels 16-256 on 32x32 images), batch 16, gathering its batches from a resident uint8
+dataset; 1 step per call is the loop-free program, more run as a loop on the device.
+Prints seconds per training step (median and min over ``--reps`` calls, after one warm-up
+call) and writes nothing.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+import jaxddpm as jd
+from jaxddpm import config as config_lib, trainer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps-per-call", default="1,8")
+    parser.add_argument("--conv-impls", default="auto")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--small", action="store_true")
+    args = parser.parse_args()
+    channels, size = ((16, 32, 64, 128, 256), 32) if args.small else ((64, 128, 256, 512, 1024), 64)
+    config = config_lib.apply_overrides(config_lib.load_config("flowers64"), {
+        "model.channels": str(channels), "data.image_size": str(size), "train.batch_size": str(args.batch),
+    })
+    schedule = jd.make_schedule(num_timesteps=config.diffusion.num_timesteps)
+    tx = jd.make_optimizer(1e-3)
+    images = jax.random.randint(jax.random.key(1), (64, size, size, 3), 0, 256).astype(jnp.uint8)
+    labels = jnp.zeros((64,), jnp.int32)
+    keys = (jax.random.key(2), jax.random.key(3))
+    variants = {}
+    for impl in args.conv_impls.split(","):
+        model = jd.SimpleUNet(channels=channels, conv_impl=impl)
+        for k in (int(v) for v in args.steps_per_call.split(",")):
+            state = jd.create_train_state(model, tx, jax.random.key(0), (size, size, 3))
+            extra = (jnp.int32(k),) if k > 1 else ()
+            t0 = time.perf_counter()
+            fn = trainer.make_train_step(model, tx, schedule, config, steps=k).lower(state, images, labels, *keys, *extra).compile()
+            compile_s = time.perf_counter() - t0
+            variants[f"{impl}, {k} per call"] = dict(fn=fn, state=state, extra=extra, k=k, compile_s=compile_s, times=[])
+    for v in variants.values():  # warm-up
+        v["state"], m = v["fn"](v["state"], images, labels, *keys, *v["extra"])
+        jax.block_until_ready(m)
+    for _ in range(args.reps):
+        for v in variants.values():
+            t0 = time.perf_counter()
+            v["state"], m = v["fn"](v["state"], images, labels, *keys, *v["extra"])
+            jax.block_until_ready(m)
+            v["times"].append((time.perf_counter() - t0) / v["k"])
+    result = {
+        "command": " ".join(["python"] + sys.argv), "device": jax.devices()[0].device_kind, "batch": args.batch,
+        "s_per_step": {name: {"median": round(statistics.median(v["times"]), 4), "min": round(min(v["times"]), 4),
+                              "compile_s": round(v["compile_s"], 1)} for name, v in variants.items()},
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
