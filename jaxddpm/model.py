@@ -339,13 +339,18 @@ def _tuned_conv_bwd(stride, precision, residuals, dy):
 _tuned_conv.defvjp(_tuned_conv_fwd, _tuned_conv_bwd)
 
 
+def _is_plain_nhwc(x_shape, kernel_shape, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
+    """Whether a convolution is 2-D, NHWC/HWIO/NHWC, ungrouped and undilated."""
+    if groups != 1 or len(x_shape) != 4 or any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        return False
+    return jax.lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC) == jax.lax.conv_dimension_numbers(
+        x_shape, kernel_shape, dimension_numbers
+    )
+
+
 def _tunable(x_shape, kernel_shape, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> int:
     """The stride of a convolution `_tuned_conv` computes, or 0 if it does not."""
-    if groups != 1 or len(x_shape) != 4 or any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
-        return 0
-    if jax.lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC) != jax.lax.conv_dimension_numbers(
-        x_shape, kernel_shape, dimension_numbers
-    ):
+    if not _is_plain_nhwc(x_shape, kernel_shape, lhs_dilation, rhs_dilation, dimension_numbers, groups):
         return 0
     if isinstance(padding, str) or tuple(map(tuple, padding)) != ((1, 1), (1, 1)):
         return 0
@@ -359,15 +364,11 @@ def _tunable(x_shape, kernel_shape, window_strides, padding, lhs_dilation, rhs_d
 
 def _is_pointwise(x_shape, kernel_shape, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
     """Whether a convolution is 1x1, stride 1, unpadded, NHWC/HWIO, ungrouped and undilated."""
-    if groups != 1 or len(x_shape) != 4 or tuple(kernel_shape[:2]) != (1, 1) or tuple(window_strides) != (1, 1):
-        return False
-    if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+    if tuple(kernel_shape[:2]) != (1, 1) or tuple(window_strides) != (1, 1):
         return False
     if padding not in ("VALID", "SAME") and (isinstance(padding, str) or tuple(map(tuple, padding)) != ((0, 0), (0, 0))):
         return False
-    return jax.lax.conv_dimension_numbers(x_shape, kernel_shape, _NHWC) == jax.lax.conv_dimension_numbers(
-        x_shape, kernel_shape, dimension_numbers
-    )
+    return _is_plain_nhwc(x_shape, kernel_shape, lhs_dilation, rhs_dilation, dimension_numbers, groups)
 
 
 def make_conv_general_dilated(impl: str):

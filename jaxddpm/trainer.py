@@ -425,17 +425,22 @@ def train_and_evaluate(
     window = dict(loss=[], grad_norm=[], seconds=0.0)
     clock = {"last": time.perf_counter()}
 
-    def consume(first_step: int, calls: list) -> None:
+    read = {"step": start}  # the steps up to this one have had their metrics read
+
+    def consume(calls: list) -> None:
         """Read dispatched calls' metrics (blocks only on those) and log them per step.
-        ``calls``: (metrics, number of steps) per call, oldest first."""
+        ``calls``: (metrics, number of steps) per call, oldest first, the first one
+        starting right after ``read["step"]``."""
         if not calls:
             return
+        first_step = read["step"]
         host = jax.device_get([m for m, _ in calls])
         now = time.perf_counter()
         losses = np.concatenate([np.atleast_1d(m["loss"])[:n] for m, (_, n) in zip(host, calls)])
         norms = np.concatenate([np.atleast_1d(m["grad_norm"])[:n] for m, (_, n) in zip(host, calls)])
         seconds_per_step = (now - clock["last"]) / len(losses)
         clock["last"] = now
+        read["step"] += len(losses)
         bad = np.flatnonzero(~(np.isfinite(losses) & np.isfinite(norms)))
         if bad.size:
             raise FloatingPointError(
@@ -515,27 +520,26 @@ def train_and_evaluate(
             step += n
             due_checkpoint = step % config.checkpoint.every_steps == 0 or step == total
             due_samples = config.sample.every_steps > 0 and step % config.sample.every_steps == 0 and step < total
-            unread = sum(k for _, k in pending)
-            read_metrics = due_checkpoint or due_samples or unread > METRICS_EVERY
+            read_metrics = due_checkpoint or due_samples or step - read["step"] > METRICS_EVERY
             if due_checkpoint or due_samples:
-                consume(step - unread, pending)  # never checkpoint a non-finite state
+                consume(pending)  # never checkpoint a non-finite state
                 pending = []
             elif read_metrics:
                 # Read all but the call just dispatched, so the device always has work queued.
-                consume(step - unread, pending[:-1])
+                consume(pending[:-1])
                 pending = pending[-1:]
             if due_checkpoint:
                 checkpoint.save(manager, state, meta, on_failure=report)
             if due_samples:
                 write_samples(step, f"step_{step:07d}.png")
             if _stop_requested(stop, read_metrics) and step < total:
-                consume(step - sum(k for _, k in pending), pending)
+                consume(pending)
                 pending = []
                 if not due_checkpoint:
                     checkpoint.save(manager, state, meta, on_failure=report)
                 raise TrainingInterrupted(stop["signum"], step)
         if pending:
-            consume(step - sum(k for _, k in pending), pending)
+            consume(pending)
         if start < total or not os.path.exists(os.path.join(workdir, "samples", "final.png")):
             write_samples(total, "final.png")
             if main:

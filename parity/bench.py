@@ -129,30 +129,36 @@ def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> di
     return result
 
 
-def bench_jax_train_loop(sizes: dict, batch: int, reps: int, steps: int) -> dict:
-    """The program `jaxddpm train` runs: ``steps`` training steps per call as a loop on the
-    device, each gathering its batch from a resident uint8 dataset. Times are per step."""
+def train_program(sizes: dict, batch: int, steps: int) -> tuple:
+    """`jaxddpm train`'s compiled training program for ``steps`` steps per call (1: the
+    loop-free program), gathering its batches from a resident uint8 dataset: returns
+    (compiled, initial state, the arguments after the state, compile seconds)."""
     model = jax_model(sizes)
     schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
     tx = jd.make_optimizer(1e-3)
-    s = sizes["image_size"]
+    s, c = sizes["image_size"], sizes["image_channels"]
     config = config_lib.apply_overrides(config_lib.load_config("flowers64"), {
         "model.channels": str(tuple(sizes["channels"])), "model.time_emb_dim": str(sizes["time_emb_dim"]),
-        "data.image_size": str(s), "data.channels": str(sizes["image_channels"]),
+        "data.image_size": str(s), "data.channels": str(c),
         "diffusion.num_timesteps": str(sizes["num_timesteps"]), "train.batch_size": str(batch),
     })
-    state = jd.create_train_state(model, tx, jax.random.key(0), (s, s, sizes["image_channels"]))
-    images = jax.random.randint(jax.random.key(1), (max(4 * batch, 64), s, s, sizes["image_channels"]), 0, 256).astype(jnp.uint8)
-    labels = jnp.zeros((images.shape[0],), jnp.int32)
-    data_key, step_key = jax.random.key(2), jax.random.key(3)
-    fn = trainer.make_train_step(model, tx, schedule, config, steps=steps)
+    state = jd.create_train_state(model, tx, jax.random.key(0), (s, s, c))
+    images = jax.random.randint(jax.random.key(1), (max(4 * batch, 64), s, s, c), 0, 256).astype(jnp.uint8)
+    args = (images, jnp.zeros((images.shape[0],), jnp.int32), jax.random.key(2), jax.random.key(3))
+    args += (jnp.int32(steps),) if steps > 1 else ()
     t0 = time.perf_counter()
-    compiled = fn.lower(state, images, labels, data_key, step_key, jnp.int32(steps)).compile()
-    compile_s = time.perf_counter() - t0
+    compiled = trainer.make_train_step(model, tx, schedule, config, steps=steps).lower(state, *args).compile()
+    return compiled, state, args, time.perf_counter() - t0
+
+
+def bench_jax_train_loop(sizes: dict, batch: int, reps: int, steps: int) -> dict:
+    """The program `jaxddpm train` runs: ``steps`` training steps per call as a loop on the
+    device (`train_program`). Times are per step."""
+    compiled, state, args, compile_s = train_program(sizes, batch, steps)
     holder = {"state": state}
 
     def run():
-        holder["state"], metrics = compiled(holder["state"], images, labels, data_key, step_key, jnp.int32(steps))
+        holder["state"], metrics = compiled(holder["state"], *args)
         jax.block_until_ready(metrics)
 
     result = timed(run, reps)

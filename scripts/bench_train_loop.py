@@ -3,11 +3,11 @@ conv_impl), interleaved in one process.
 
     python scripts/bench_train_loop.py [--steps-per-call 1,8] [--conv-impls auto] [--reps 3] [--small]
 
-Each variant is `jaxddpm.trainer.make_train_step` for the full-size model (``--small``:
-channels 16-256 on 32x32 images), batch 16, gathering its batches from a resident uint8
-dataset; 1 step per call is the loop-free program, more run as a loop on the device.
-Prints seconds per training step (median and min over ``--reps`` calls, after one warm-up
-call) and writes nothing.
+Each variant is `parity.bench.train_program` (`jaxddpm.trainer.make_train_step`) for the
+full-size model (``--small``: channels 16-256 on 32x32 images), batch 16, gathering its
+batches from a resident uint8 dataset; 1 step per call is the loop-free program, more run
+as a loop on the device. Prints seconds per training step (median and min over
+``--reps`` calls, after one warm-up call) and writes nothing.
 """
 
 import argparse
@@ -17,10 +17,8 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
-import jaxddpm as jd
-from jaxddpm import config as config_lib, trainer
+from parity import bench
 
 
 def main() -> int:
@@ -31,32 +29,21 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--small", action="store_true")
     args = parser.parse_args()
-    channels, size = ((16, 32, 64, 128, 256), 32) if args.small else ((64, 128, 256, 512, 1024), 64)
-    config = config_lib.apply_overrides(config_lib.load_config("flowers64"), {
-        "model.channels": str(channels), "data.image_size": str(size), "train.batch_size": str(args.batch),
-    })
-    schedule = jd.make_schedule(num_timesteps=config.diffusion.num_timesteps)
-    tx = jd.make_optimizer(1e-3)
-    images = jax.random.randint(jax.random.key(1), (64, size, size, 3), 0, 256).astype(jnp.uint8)
-    labels = jnp.zeros((64,), jnp.int32)
-    keys = (jax.random.key(2), jax.random.key(3))
+    sizes = dict(bench.FULL, upsample_impl="phases")
+    if args.small:
+        sizes.update(channels=(16, 32, 64, 128, 256), image_size=32)
     variants = {}
     for impl in args.conv_impls.split(","):
-        model = jd.SimpleUNet(channels=channels, conv_impl=impl)
         for k in (int(v) for v in args.steps_per_call.split(",")):
-            state = jd.create_train_state(model, tx, jax.random.key(0), (size, size, 3))
-            extra = (jnp.int32(k),) if k > 1 else ()
-            t0 = time.perf_counter()
-            fn = trainer.make_train_step(model, tx, schedule, config, steps=k).lower(state, images, labels, *keys, *extra).compile()
-            compile_s = time.perf_counter() - t0
-            variants[f"{impl}, {k} per call"] = dict(fn=fn, state=state, extra=extra, k=k, compile_s=compile_s, times=[])
+            fn, state, fn_args, compile_s = bench.train_program(dict(sizes, conv_impl=impl), args.batch, k)
+            variants[f"{impl}, {k} per call"] = dict(fn=fn, state=state, args=fn_args, k=k, compile_s=compile_s, times=[])
     for v in variants.values():  # warm-up
-        v["state"], m = v["fn"](v["state"], images, labels, *keys, *v["extra"])
+        v["state"], m = v["fn"](v["state"], *v["args"])
         jax.block_until_ready(m)
     for _ in range(args.reps):
         for v in variants.values():
             t0 = time.perf_counter()
-            v["state"], m = v["fn"](v["state"], images, labels, *keys, *v["extra"])
+            v["state"], m = v["fn"](v["state"], *v["args"])
             jax.block_until_ready(m)
             v["times"].append((time.perf_counter() - t0) / v["k"])
     result = {
