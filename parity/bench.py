@@ -129,11 +129,11 @@ def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> di
     return result
 
 
-def train_program(sizes: dict, batch: int, steps: int) -> tuple:
+def train_program(sizes: dict, batch: int, steps: int, dtype=jnp.float32) -> tuple:
     """`jaxddpm train`'s compiled training program for ``steps`` steps per call (1: the
     loop-free program), gathering its batches from a resident uint8 dataset: returns
     (compiled, initial state, the arguments after the state, compile seconds)."""
-    model = jax_model(sizes)
+    model = jax_model(sizes, dtype)
     schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
     tx = jd.make_optimizer(1e-3)
     s, c = sizes["image_size"], sizes["image_channels"]
@@ -168,11 +168,13 @@ def bench_jax_train_loop(sizes: dict, batch: int, reps: int, steps: int) -> dict
     return result
 
 
-def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_model: bool = False) -> dict:
+def torch_train_step(sizes: dict, batch: int, device: str, compile_model: bool = False):
+    """The reference's training step (eager, or its model under ``torch.compile``) as a
+    function that runs one step and waits for the device."""
     model = torch_model(sizes, device).train()
     forward = torch.compile(model) if compile_model else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    tables = {k: v.to(device) for k, v in reference.article_tables(sizes["num_timesteps"]).items()}
+    tables = reference.article_tables(sizes["num_timesteps"])  # on the CPU, as the reference indexes them
     s = sizes["image_size"]
     x = torch.rand(batch, sizes["image_channels"], s, s, device=device) * 2 - 1
 
@@ -184,6 +186,11 @@ def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_m
         opt.step()
         loss.item()  # waits for the device
 
+    return run
+
+
+def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_model: bool = False) -> dict:
+    run = torch_train_step(sizes, batch, device, compile_model)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = timed(run, reps)
@@ -208,7 +215,7 @@ def bench_jax_sample(sizes: dict, batch: int, reps: int) -> dict:
 
 def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
     model = torch_model(sizes, device).eval()
-    tables = {k: v.to(device) for k, v in reference.article_tables(sizes["num_timesteps"]).items()}
+    tables = reference.article_tables(sizes["num_timesteps"])  # on the CPU, as the reference indexes them
     s = sizes["image_size"]
 
     def run():
@@ -224,14 +231,20 @@ FULL = dict(channels=(64, 128, 256, 512, 1024), image_size=64, image_channels=3,
 QUICK = dict(channels=(4, 8, 16), image_size=16, image_channels=3, time_emb_dim=8, num_timesteps=10)
 
 
-def run(args: argparse.Namespace) -> dict:
-    sizes = dict(QUICK if args.quick else FULL, conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
+def pin_float32() -> tuple[bool, str]:
+    """On a GPU, full float32 arithmetic in both frameworks (no TF32), so that like is
+    compared with like. Returns (whether JAX runs on a GPU, the torch device to use)."""
     gpu = jax.devices()[0].platform == "gpu"
-    device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
-    if gpu:  # compare like with like: full float32 on both sides
+    if gpu:
         jax.config.update("jax_default_matmul_precision", "highest")
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+    return gpu, "cuda" if gpu and torch.cuda.is_available() else "cpu"
+
+
+def run(args: argparse.Namespace) -> dict:
+    sizes = dict(QUICK if args.quick else FULL, conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
+    gpu, device = pin_float32()
     results: dict = dict(
         device=device_name(),
         command=" ".join(["jaxddpm bench"] + (args.argv or [])),
@@ -254,17 +267,21 @@ def run(args: argparse.Namespace) -> dict:
         train["jaxddpm_loop"] = bench_jax_train_loop(sizes, args.batch, args.reps, args.steps_per_call)
         print(f"train jaxddpm, {args.steps_per_call} steps per call: {train['jaxddpm_loop']['median_s']:.4f} s/step", flush=True)
         train["ratio_loop_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm_loop"]["median_s"]
-    if gpu:
-        train["jaxddpm_bfloat16"] = bench_jax_train(sizes, args.batch, args.reps, dtype=jnp.bfloat16)
-        train["ratio_bfloat16_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm_bfloat16"]["median_s"]
-        train["torch_compile"] = bench_torch_train(sizes, args.batch, args.reps, device, compile_model=True)
-        train["ratio_vs_compile"] = train["torch_compile"]["median_s"] / train["jaxddpm"]["median_s"]
     sample = results["sample"] = {}
     sample["jaxddpm"] = bench_jax_sample(sizes, args.sample_batch, args.sample_reps)
     print(f"sample jaxddpm: {sample['jaxddpm']['median_s']:.3f} s/chain", flush=True)
     sample["torch_eager"] = bench_torch_sample(sizes, args.sample_batch, args.sample_reps, device)
     print(f"sample torch eager: {sample['torch_eager']['median_s']:.3f} s/chain", flush=True)
     sample["ratio_vs_eager"] = sample["torch_eager"]["median_s"] / sample["jaxddpm"]["median_s"]
+    if gpu:
+        train["jaxddpm_bfloat16"] = bench_jax_train(sizes, args.batch, args.reps, dtype=jnp.bfloat16)
+        print(f"train jaxddpm bfloat16: {train['jaxddpm_bfloat16']['median_s']:.4f} s/step", flush=True)
+        train["ratio_bfloat16_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm_bfloat16"]["median_s"]
+        train["torch_compile"] = bench_torch_train(sizes, args.batch, args.reps, device, compile_model=True)
+        print(f"train torch.compile: {train['torch_compile']['median_s']:.4f} s/step", flush=True)
+        train["ratio_vs_compile"] = train["torch_compile"]["median_s"] / train["jaxddpm"]["median_s"]
+        if "jaxddpm_loop" in train:
+            train["ratio_loop_vs_compile"] = train["torch_compile"]["median_s"] / train["jaxddpm_loop"]["median_s"]
     return results
 
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# What one session on a lent GPU machine measures, as one command (run from the repository root):
+#
+#     bash scripts/gpu_session.sh OUTDIR
+#
+#   1. OUTDIR/env.txt: nvidia-smi and package versions;
+#   2. `jaxddpm bench` (float32 pinned on both sides; adds the torch.compile and bfloat16
+#      rows on a GPU): OUTDIR/bench.log and OUTDIR/<device>.json;
+#   3. scripts/bench_variants.py (transposed-convolution forms, bfloat16, steps per call,
+#      against torch eager with and without cudnn.benchmark): OUTDIR/variants.json;
+#   4. `python -m parity` with JAX on the GPU (PyTorch on the CPU): OUTDIR/parity-gpu.txt.
+# Each stage has its own time limit (seconds: BENCH_S, VARIANTS_S, PARITY_S), so one that
+# fails or runs long does not cost the others. Wheels in .whl/ (packages the machine lacks)
+# are installed into /tmp/site first. The machine needs JAX with CUDA and PyTorch with CUDA.
+set -u
+out=${1:?usage: bash scripts/gpu_session.sh OUTDIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+{
+  date -u
+  nvidia-smi
+  python3 -c "import sys, jax, flax, optax, torch; print(sys.version); print('jax', jax.__version__, jax.devices()); \
+print('flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, torch.cuda.is_available())"
+} > "$out/env.txt" 2>&1
+if ! python3 -c "import jaxddpm, jax; jax.numpy.zeros(1).block_until_ready()" >> "$out/env.txt" 2>&1; then
+  echo "import with jaxddpm's XLA:CPU flags failed; running with JAXDDPM_XLA_FLAGS=0" | tee -a "$out/env.txt"
+  export JAXDDPM_XLA_FLAGS=0
+fi
+tail -n 4 "$out/env.txt"
+
+echo "== jaxddpm bench"
+timeout "${BENCH_S:-250}" python3 -m jaxddpm.cli bench --reps 30 --sample-reps 3 --out "$out" > "$out/bench.log" 2>&1
+echo "rc=$?"; tail -n 16 "$out/bench.log"
+
+echo "== variants"
+timeout "${VARIANTS_S:-130}" python3 scripts/bench_variants.py --reps 30 --out "$out/variants.json" \
+  --variants dilated/float32,subpixel/float32,phases/bfloat16/default > "$out/variants.log" 2>&1
+echo "rc=$?"; grep -E '^  "(torch|jaxddpm)|median|ratio|rror' "$out/variants.log" | tail -n 40
+
+echo "== parity, JAX on the GPU"
+timeout "${PARITY_S:-110}" python3 -m parity > "$out/parity-gpu.txt" 2>&1
+echo "rc=$?"; grep -E 'FAIL|passed|rror' "$out/parity-gpu.txt" | tail -n 12
