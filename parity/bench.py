@@ -5,8 +5,11 @@ Measures (warm-up excluded, median and min over repetitions):
      (the article's Adam, same model and batch, float32), and their ratio;
   2. sampling throughput of the full reverse chain: jaxddpm's one compiled program
      against the reference's Python loop of reverse steps, and their ratio;
-  3. compile times, peak device memory where the backend reports it, and achieved FLOP/s
-     (FLOPs from XLA's cost analysis) against the device's peak where it is known;
+  3. compile times, memory (XLA's memory analysis of the compiled step; the device's peak
+     where the backend reports it) and achieved FLOP/s against the device's peak where it
+     is known. FLOPs are counted from the step's jaxpr (`jaxpr_flops`: its convolutions and
+     matrix products), because XLA:GPU's cost analysis leaves out library calls; XLA's own
+     count is recorded beside it;
   4. on GPU, also ``torch.compile`` and a bfloat16-compute jaxddpm variant.
 Results are printed and written as JSON to ``experiments/bench/<device>.json``.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -24,6 +28,7 @@ import sys
 import time
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 import torch
 
@@ -78,6 +83,50 @@ def peak_flops(dtype: str) -> float | None:
     return None
 
 
+def _conv_flops(eqn) -> float:
+    rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
+    spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, spatial...)
+    window = math.prod(rhs.shape[d] for d in spec[2:])
+    return 2.0 * math.prod(out.shape) * rhs.shape[spec[1]] * window
+
+
+def _dot_flops(eqn) -> float:
+    lhs, out = eqn.invars[0].aval, eqn.outvars[0].aval
+    (contracting, _), _ = eqn.params["dimension_numbers"]
+    return 2.0 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contracting)
+
+
+def jaxpr_flops(jaxpr) -> float:
+    """FLOPs (2 per multiply-add) of the convolutions and matrix products in a (closed)
+    jaxpr, sub-jaxprs included (a scan's body times its length, a while loop's once, the
+    largest branch of a cond); elementwise work is not counted. Unlike XLA's cost analysis,
+    this does not depend on the backend: XLA:GPU's leaves out the convolutions and matrix
+    products it hands to cuDNN and cuBLAS."""
+    total = 0.0
+    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        elif name == "dot_general":
+            total += _dot_flops(eqn)
+        elif name == "cond":
+            total += max(jaxpr_flops(b) for b in eqn.params["branches"])
+        else:
+            inner = sum(jaxpr_flops(j) for j in jax_core.jaxprs_in_params(eqn.params))
+            total += inner * (eqn.params["length"] if name == "scan" else 1)
+    return total
+
+
+def program_memory(compiled) -> int | None:
+    """Device bytes the compiled program needs (arguments, outputs and temporaries, less
+    what outputs share with donated arguments), from XLA's memory analysis."""
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    except Exception:  # not reported by this backend
+        return None
+
+
 def peak_memory() -> int | None:
     stats = jax.devices()[0].memory_stats()
     return None if not stats else stats.get("peak_bytes_in_use")
@@ -113,7 +162,8 @@ def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> di
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops = jaxpr_flops(jax.make_jaxpr(step)(state, x, key))
     holder = {"state": state}
 
     def run():
@@ -121,11 +171,13 @@ def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> di
         jax.block_until_ready(metrics)
 
     result = timed(run, reps)
-    result.update(compile_s=compile_s, flops_per_step=flops, images_per_s=batch / result["median_s"])
+    result.update(compile_s=compile_s, flops_per_step=flops, xla_cost_analysis_flops_per_step=xla_flops,
+                  images_per_s=batch / result["median_s"])
     result["achieved_flops_per_s"] = flops / result["median_s"] if flops else None
     peak = peak_flops("bfloat16" if dtype == jnp.bfloat16 else "float32")
     result["fraction_of_peak"] = result["achieved_flops_per_s"] / peak if peak and flops else None
-    result["peak_memory_bytes"] = peak_memory()
+    result["program_memory_bytes"] = program_memory(compiled)
+    result["process_peak_memory_bytes"] = peak_memory()
     return result
 
 
@@ -273,7 +325,7 @@ def run(args: argparse.Namespace) -> dict:
     sample["torch_eager"] = bench_torch_sample(sizes, args.sample_batch, args.sample_reps, device)
     print(f"sample torch eager: {sample['torch_eager']['median_s']:.3f} s/chain", flush=True)
     sample["ratio_vs_eager"] = sample["torch_eager"]["median_s"] / sample["jaxddpm"]["median_s"]
-    if gpu:
+    if gpu and args.gpu_extras:
         train["jaxddpm_bfloat16"] = bench_jax_train(sizes, args.batch, args.reps, dtype=jnp.bfloat16)
         print(f"train jaxddpm bfloat16: {train['jaxddpm_bfloat16']['median_s']:.4f} s/step", flush=True)
         train["ratio_bfloat16_vs_eager"] = train["torch_eager"]["median_s"] / train["jaxddpm_bfloat16"]["median_s"]
@@ -308,7 +360,10 @@ def format_table(r: dict) -> str:
         f"{(j['achieved_flops_per_s'] or 0) / 1e9:.1f} GFLOP/s achieved"
         + (f" ({100 * j['fraction_of_peak']:.1f}% of peak)" if j.get("fraction_of_peak") else " (device peak unknown)")
         + f"; sampler compile {s['jaxddpm']['compile_s']:.1f} s"
-        + (f"; peak memory {j['peak_memory_bytes'] / 2**30:.2f} GiB" if j.get("peak_memory_bytes") else "; peak memory not reported by this backend")
+        + (f"; program memory {j['program_memory_bytes'] / 2**30:.2f} GiB (XLA's memory analysis)" if j.get("program_memory_bytes") else "")
+        + (f"; device peak {j['process_peak_memory_bytes'] / 2**30:.2f} GiB (whole process, compile-time autotuning included)"
+           if j.get("process_peak_memory_bytes") else "")
+        + (f"; torch eager peak {t['torch_eager']['peak_memory_bytes'] / 2**30:.2f} GiB" if t["torch_eager"].get("peak_memory_bytes") else "")
     )
     return "\n".join(lines)
 
@@ -326,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"SimpleUNet.conv_impl for jaxddpm (default {jd.SimpleUNet.conv_impl})")
     parser.add_argument("--upsample-impl", default=jd.SimpleUNet.upsample_impl, choices=UPSAMPLE_IMPLS,
                         help=f"SimpleUNet.upsample_impl for jaxddpm (default {jd.SimpleUNet.upsample_impl})")
+    parser.add_argument("--no-gpu-extras", dest="gpu_extras", action="store_false",
+                        help="on a GPU, skip the bfloat16 and torch.compile rows")
     parser.add_argument("--out", default=os.path.join("experiments", "bench"), help="directory for the JSON result ('' = do not write)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -5,14 +5,16 @@ CPU as well.
     python scripts/bench_variants.py [--variants phases/float32,dilated/float32/8,...]
         [--reps 20] [--batch 16] [--small] [--out FILE]
 
-A variant is UPSAMPLE_IMPL/DTYPE[/STEPS][/PRECISION]: `parity.bench.train_program` (the
-program `jaxddpm train` runs, batches gathered on the device) with that transposed-convolution
-implementation, that compute dtype (float32, or bfloat16 with float32 master weights),
-STEPS steps per call (default 1), compiled under ``jax.default_matmul_precision(PRECISION)``
-(default: the pinned float32 precision below). The reference runs eagerly as in `jaxddpm bench`, and
+A variant is UPSAMPLE_IMPL/DTYPE[/STEPS][/PRECISION][/CONV_IMPL]: `parity.bench.train_program`
+(the program `jaxddpm train` runs, batches gathered on the device) with that
+transposed-convolution implementation, that compute dtype (float32, or bfloat16 with
+float32 master weights), STEPS steps per call (default 1), compiled under
+``jax.default_matmul_precision(PRECISION)`` (default: the pinned float32 precision below),
+with ``SimpleUNet(conv_impl=CONV_IMPL)`` (default "auto"). The reference runs eagerly as in `jaxddpm bench`, and
 once more with ``torch.backends.cudnn.benchmark`` on (on CUDA). Float32 arithmetic is
-pinned on a GPU as in `jaxddpm bench` (no TF32). Every variant is called once to warm up,
-then the variants take turns for ``--reps`` rounds. Prints (and with ``--out`` writes) JSON
+pinned on a GPU as in `jaxddpm bench` (no TF32). Each variant is first timed on its own
+(``--reps`` calls after a warm-up, printed at once, so that a run cut short still reports),
+then the variants take turns for ``--reps`` rounds, which give the JSON's numbers. Prints (and with ``--out`` writes) JSON
 with seconds per step, median and min, and the ratio torch eager / variant.
 """
 
@@ -28,20 +30,26 @@ import jax
 import jax.numpy as jnp
 import torch
 
+from jaxddpm.model import CONV_IMPLS
 from parity import bench
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+PRECISIONS = ("default", "high", "highest")
+
+
 def jax_variant(sizes: dict, batch: int, spec: str):
     impl, dtype, *rest = spec.split("/")
     steps = int(next((r for r in rest if r.isdigit()), 1))
-    precision = next((r for r in rest if not r.isdigit()), None)
-    if dtype not in DTYPES or precision not in (None, "default", "high", "highest"):
-        raise SystemExit(f"error: variant {spec!r}: want IMPL/DTYPE[/STEPS][/PRECISION], DTYPE one of "
-                         f"{', '.join(DTYPES)}, PRECISION one of default, high, highest")
+    precision = next((r for r in rest if r in PRECISIONS), None)
+    conv_impl = next((r for r in rest if r in CONV_IMPLS), sizes["conv_impl"])
+    if dtype not in DTYPES or any(not (r.isdigit() or r in PRECISIONS or r in CONV_IMPLS) for r in rest):
+        raise SystemExit(f"error: variant {spec!r}: want UPSAMPLE_IMPL/DTYPE[/STEPS][/PRECISION][/CONV_IMPL], DTYPE one of "
+                         f"{', '.join(DTYPES)}, PRECISION one of {', '.join(PRECISIONS)}, CONV_IMPL one of {', '.join(CONV_IMPLS)}")
     with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():
-        compiled, state, args, compile_s = bench.train_program(dict(sizes, upsample_impl=impl), batch, steps, DTYPES[dtype])
+        compiled, state, args, compile_s = bench.train_program(
+            dict(sizes, upsample_impl=impl, conv_impl=conv_impl), batch, steps, DTYPES[dtype])
     holder = {"state": state}
 
     def run():
@@ -81,9 +89,11 @@ def main() -> int:
     for spec in args.variants.split(","):
         run, steps, compile_s = jax_variant(sizes, args.batch, spec)
         variants[f"jaxddpm {spec}"] = dict(run=run, steps=steps, compile_s=compile_s)
-        print(f"compiled jaxddpm {spec} in {compile_s:.1f} s", flush=True)
-    for v in variants.values():
-        v["run"]()  # warm-up
+    for name, v in variants.items():  # warm-up, and a first timing printed at once
+        v["run"]()
+        first = bench.timed(v["run"], args.reps)
+        print(f"{name}: {first['median_s'] / v['steps']:.4f} s per step on its own"
+              + (f", compiled in {v['compile_s']:.1f} s" if v["compile_s"] else ""), flush=True)
         v["times"] = []
     for _ in range(args.reps):
         for v in variants.values():

@@ -6,10 +6,12 @@
 #   1. OUTDIR/env.txt: nvidia-smi and package versions;
 #   2. `jaxddpm bench` (float32 pinned on both sides; adds the torch.compile and bfloat16
 #      rows on a GPU): OUTDIR/bench.log and OUTDIR/<device>.json;
-#   3. scripts/bench_variants.py (transposed-convolution forms, bfloat16, steps per call,
+#   3. `jaxddpm bench --conv-impl cpu` without the GPU-only rows (does Winograd pay on a GPU
+#      too?): OUTDIR/bench-conv-impl-cpu.log and OUTDIR/conv-impl-cpu/<device>.json;
+#   4. scripts/bench_variants.py (transposed-convolution forms, bfloat16, steps per call,
 #      against torch eager with and without cudnn.benchmark): OUTDIR/variants.json;
-#   4. `python -m parity` with JAX on the GPU (PyTorch on the CPU): OUTDIR/parity-gpu.txt.
-# Each stage has its own time limit (seconds: BENCH_S, VARIANTS_S, PARITY_S), so one that
+#   5. `python -m parity` with JAX on the GPU (PyTorch on the CPU): OUTDIR/parity-gpu.txt.
+# Each stage has its own time limit (seconds: BENCH_S, BENCH_CPU_FORMS_S, VARIANTS_S, PARITY_S), so one that
 # fails or runs long does not cost the others. Wheels in .whl/ (packages the machine lacks)
 # are installed into /tmp/site first. The machine needs JAX with CUDA and PyTorch with CUDA.
 set -u
@@ -33,12 +35,17 @@ fi
 tail -n 4 "$out/env.txt"
 
 echo "== jaxddpm bench"
-timeout "${BENCH_S:-250}" python3 -m jaxddpm.cli bench --reps 30 --sample-reps 3 --out "$out" > "$out/bench.log" 2>&1
+timeout "${BENCH_S:-220}" python3 -m jaxddpm.cli bench --reps 30 --sample-reps 3 --out "$out" > "$out/bench.log" 2>&1
 echo "rc=$?"; tail -n 16 "$out/bench.log"
 
+echo "== jaxddpm bench --conv-impl cpu (Winograd and the other CPU forms, on the GPU)"
+timeout "${BENCH_CPU_FORMS_S:-130}" python3 -m jaxddpm.cli bench --conv-impl cpu --no-gpu-extras --steps-per-call 1 --reps 30 \
+  --sample-reps 3 --out "$out/conv-impl-cpu" > "$out/bench-conv-impl-cpu.log" 2>&1
+echo "rc=$?"; tail -n 9 "$out/bench-conv-impl-cpu.log"
+
 echo "== variants"
-timeout "${VARIANTS_S:-130}" python3 scripts/bench_variants.py --reps 30 --out "$out/variants.json" \
-  --variants dilated/float32,subpixel/float32,phases/bfloat16/default > "$out/variants.log" 2>&1
+timeout "${VARIANTS_S:-110}" python3 scripts/bench_variants.py --reps 30 --out "$out/variants.json" \
+  --variants dilated/float32,subpixel/float32,phases/bfloat16/cpu > "$out/variants.log" 2>&1
 echo "rc=$?"; grep -E '^  "(torch|jaxddpm)|median|ratio|rror' "$out/variants.log" | tail -n 40
 
 echo "== parity, JAX on the GPU"
