@@ -10,7 +10,8 @@ Measures (warm-up excluded, median and min over repetitions):
      is known. FLOPs are counted from the step's jaxpr (`jaxpr_flops`: its convolutions and
      matrix products), because XLA:GPU's cost analysis leaves out library calls; XLA's own
      count is recorded beside it;
-  4. on GPU, also ``torch.compile`` and a bfloat16-compute jaxddpm variant.
+  4. on GPU, also ``torch.compile`` and bfloat16-compute jaxddpm variants (training with
+     float32 master weights, and sampling).
 Results are printed and written as JSON to ``experiments/bench/<device>.json``.
 """
 
@@ -251,8 +252,8 @@ def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_m
     return result
 
 
-def bench_jax_sample(sizes: dict, batch: int, reps: int) -> dict:
-    model = jax_model(sizes)
+def bench_jax_sample(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> dict:
+    model = jax_model(sizes, dtype)
     schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
     shape = (batch, sizes["image_size"], sizes["image_size"], sizes["image_channels"])
     variables = model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32), train=False)
@@ -334,6 +335,9 @@ def run(args: argparse.Namespace) -> dict:
         train["ratio_vs_compile"] = train["torch_compile"]["median_s"] / train["jaxddpm"]["median_s"]
         if "jaxddpm_loop" in train:
             train["ratio_loop_vs_compile"] = train["torch_compile"]["median_s"] / train["jaxddpm_loop"]["median_s"]
+        sample["jaxddpm_bfloat16"] = bench_jax_sample(sizes, args.sample_batch, args.sample_reps, dtype=jnp.bfloat16)
+        print(f"sample jaxddpm bfloat16: {sample['jaxddpm_bfloat16']['median_s']:.3f} s/chain", flush=True)
+        sample["ratio_bfloat16_vs_eager"] = sample["torch_eager"]["median_s"] / sample["jaxddpm_bfloat16"]["median_s"]
     return results
 
 
@@ -348,10 +352,14 @@ def format_table(r: dict) -> str:
                      f"{j['min_s']:.4f} s", f"{t['ratio_loop_vs_eager']:.2f}"))
     for key, ratio in (("jaxddpm_bfloat16", "ratio_bfloat16_vs_eager"), ("torch_compile", "ratio_vs_compile")):
         if key in t:
-            rows.append((f"train step: {key}", f"{t[key]['median_s']:.4f} s", f"{t[key]['min_s']:.4f} s", f"{t[ratio]:.2f}"))
+            loop = f" ({t['ratio_loop_vs_compile']:.2f} for the loop)" if key == "torch_compile" and "ratio_loop_vs_compile" in t else ""
+            rows.append((f"train step: {key}", f"{t[key]['median_s']:.4f} s", f"{t[key]['min_s']:.4f} s", f"{t[ratio]:.2f}{loop}"))
     T = r["sizes"]["num_timesteps"]
     rows.append((f"{T}-step sampling, batch {r['sample_batch']}: jaxddpm", f"{s['jaxddpm']['median_s']:.3f} s", f"{s['jaxddpm']['min_s']:.3f} s", ""))
     rows.append(("sampling: torch eager", f"{s['torch_eager']['median_s']:.3f} s", f"{s['torch_eager']['min_s']:.3f} s", f"{s['ratio_vs_eager']:.2f}"))
+    if "jaxddpm_bfloat16" in s:
+        b = s["jaxddpm_bfloat16"]
+        rows.append(("sampling: jaxddpm_bfloat16", f"{b['median_s']:.3f} s", f"{b['min_s']:.3f} s", f"{s['ratio_bfloat16_vs_eager']:.2f}"))
     w = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
     j = t["jaxddpm"]
