@@ -11,14 +11,21 @@ a forward pass at batch 4 0.20 s -> 0.15 s; experiments/bench/README.md). ``impo
 * The flags only reach XLA if ``import jaxddpm`` comes before JAX's first computation
   (JAX reads ``XLA_FLAGS`` when it creates its backends); `in_effect` says whether they did.
 * GPU and TPU backends ignore XLA:CPU flags.
+* XLA aborts the process on a flag (or flag value) it does not know. jaxlib releases
+  before `MIN_JAXLIB` do not know this one, so with them nothing is added.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 
 CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 OPT_OUT = "JAXDDPM_XLA_FLAGS"
+# The first jaxlib whose XLA accepts CPU_FLAGS (0.8.1 knows the flag but not this value,
+# 0.8.0 and earlier not the flag; each aborts at JAX's first computation).
+MIN_JAXLIB = (0, 8, 2)
 
 _applied_before_backends: bool | None = None
 
@@ -43,10 +50,21 @@ def _backends_started() -> bool:
         return True
 
 
+def jaxlib_version() -> tuple[int, ...] | None:
+    """The installed jaxlib's version as (major, minor, patch), read without importing it."""
+    try:
+        return tuple(int(p) for p in re.findall(r"\d+", importlib.metadata.version("jaxlib"))[:3])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+
+
 def apply() -> None:
     """Add `CPU_FLAGS` to ``XLA_FLAGS`` (see the module docstring). Idempotent."""
     global _applied_before_backends
     if os.environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    version = jaxlib_version()
+    if version is None or version < MIN_JAXLIB:
         return
     os.environ["XLA_FLAGS"] = merged(os.environ.get("XLA_FLAGS", ""))
     if _applied_before_backends is None:

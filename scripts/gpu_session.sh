@@ -14,6 +14,11 @@
 # Each stage has its own time limit (seconds: BENCH_S, BENCH_CPU_FORMS_S, VARIANTS_S, PARITY_S), so one that
 # fails or runs long does not cost the others. Wheels in .whl/ (packages the machine lacks)
 # are installed into /tmp/site first. The machine needs JAX with CUDA and PyTorch with CUDA.
+# The lent H100 of 2026-11-26 (jax 0.11.2, torch 2.11.0+cu130, Python 3.12) lacked
+# ml_collections; its wheel and those of the flax and optax versions tested here were
+# fetched into .whl/ (pip download --no-deps --only-binary=:all: --python-version 3.12
+# ml_collections==1.1.0 flax==0.12.8 optax==0.2.8) and carried. The stage limits add up to
+# 570 s; the machine start and the setup come on top.
 set -u
 out=${1:?usage: bash scripts/gpu_session.sh OUTDIR}
 mkdir -p "$out"

@@ -29,3 +29,16 @@ def test_import_sets_the_flag_before_jax_starts_and_can_be_turned_off():
     assert _in_effect(env) == f"True {FLAG}"
     assert _in_effect(dict(env, **{xla_flags.OPT_OUT: "0"})) == "False"
     assert _in_effect(dict(env, XLA_FLAGS=f"{NAME}=")) == f"False {NAME}="
+
+
+def test_no_flag_for_a_jaxlib_whose_xla_would_abort_on_it(monkeypatch):
+    # jaxlib 0.8.1 aborts at JAX's first computation on this flag value (measured).
+    monkeypatch.setenv("XLA_FLAGS", "")  # restored after the test
+    monkeypatch.delenv(xla_flags.OPT_OUT, raising=False)
+    monkeypatch.setattr(xla_flags, "jaxlib_version", lambda: (0, 8, 1))
+    xla_flags.apply()
+    assert os.environ["XLA_FLAGS"] == ""
+    monkeypatch.setattr(xla_flags, "jaxlib_version", lambda: xla_flags.MIN_JAXLIB)
+    xla_flags.apply()
+    assert os.environ["XLA_FLAGS"] == FLAG
+    assert xla_flags.jaxlib_version() >= xla_flags.MIN_JAXLIB  # the one installed here
