@@ -46,6 +46,30 @@ KNOWN_PEAKS = {
 }
 
 
+def program_runner(compiled, state, args: tuple):
+    """A function that calls a compiled training program once, on the state its previous
+    call returned (the state's buffers may be donated), and waits for its metrics."""
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], *args)
+        jax.block_until_ready(metrics)
+
+    return run
+
+
+def time_interleaved(runs: dict, reps: int) -> dict:
+    """Seconds of each call of each function in ``runs`` (name -> function that blocks until
+    done), the functions taking turns for ``reps`` rounds; no warm-up."""
+    times = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def timed(fn, reps: int) -> dict:
     """Run ``fn`` (which must block until done) ``reps`` times after one warm-up call."""
     t0 = time.perf_counter()
@@ -159,19 +183,14 @@ def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> di
     step = jd.jit_train_step(model, tx, schedule, ema_decay=0.999)
     key = jax.random.key(2)
     t0 = time.perf_counter()
-    compiled = step.lower(state, x, key).compile()
+    traced = step.trace(state, x, key)
+    compiled = traced.lower().compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    flops = jaxpr_flops(jax.make_jaxpr(step)(state, x, key))
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = compiled(holder["state"], x, key)
-        jax.block_until_ready(metrics)
-
-    result = timed(run, reps)
+    flops = jaxpr_flops(traced.jaxpr)
+    result = timed(program_runner(compiled, state, (x, key)), reps)
     result.update(compile_s=compile_s, flops_per_step=flops, xla_cost_analysis_flops_per_step=xla_flops,
                   images_per_s=batch / result["median_s"])
     result["achieved_flops_per_s"] = flops / result["median_s"] if flops else None
@@ -208,13 +227,7 @@ def bench_jax_train_loop(sizes: dict, batch: int, reps: int, steps: int) -> dict
     """The program `jaxddpm train` runs: ``steps`` training steps per call as a loop on the
     device (`train_program`). Times are per step."""
     compiled, state, args, compile_s = train_program(sizes, batch, steps)
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = compiled(holder["state"], *args)
-        jax.block_until_ready(metrics)
-
-    result = timed(run, reps)
+    result = timed(program_runner(compiled, state, args), reps)
     for k in ("first_call_s", "median_s", "min_s"):
         result[k] /= steps
     result.update(compile_s=compile_s, steps_per_call=steps, images_per_s=batch / result["median_s"])
@@ -281,6 +294,8 @@ def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
 
 
 FULL = dict(channels=(64, 128, 256, 512, 1024), image_size=64, image_channels=3, time_emb_dim=32, num_timesteps=300)
+# Mid-sized, for scripts that compare forms of the step quickly (`--small`).
+SMALL = dict(FULL, channels=(16, 32, 64, 128, 256), image_size=32)
 QUICK = dict(channels=(4, 8, 16), image_size=16, image_channels=3, time_emb_dim=8, num_timesteps=10)
 
 

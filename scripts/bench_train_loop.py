@@ -14,7 +14,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
 import jax
 
@@ -29,23 +28,17 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--small", action="store_true")
     args = parser.parse_args()
-    sizes = dict(bench.FULL, upsample_impl="phases")
-    if args.small:
-        sizes.update(channels=(16, 32, 64, 128, 256), image_size=32)
+    sizes = dict(bench.SMALL if args.small else bench.FULL, upsample_impl="phases")
     variants = {}
     for impl in args.conv_impls.split(","):
         for k in (int(v) for v in args.steps_per_call.split(",")):
             fn, state, fn_args, compile_s = bench.train_program(dict(sizes, conv_impl=impl), args.batch, k)
-            variants[f"{impl}, {k} per call"] = dict(fn=fn, state=state, args=fn_args, k=k, compile_s=compile_s, times=[])
+            variants[f"{impl}, {k} per call"] = dict(run=bench.program_runner(fn, state, fn_args), k=k, compile_s=compile_s)
     for v in variants.values():  # warm-up
-        v["state"], m = v["fn"](v["state"], *v["args"])
-        jax.block_until_ready(m)
-    for _ in range(args.reps):
-        for v in variants.values():
-            t0 = time.perf_counter()
-            v["state"], m = v["fn"](v["state"], *v["args"])
-            jax.block_until_ready(m)
-            v["times"].append((time.perf_counter() - t0) / v["k"])
+        v["run"]()
+    times = bench.time_interleaved({name: v["run"] for name, v in variants.items()}, args.reps)
+    for name, v in variants.items():
+        v["times"] = [t / v["k"] for t in times[name]]
     result = {
         "command": " ".join(["python"] + sys.argv), "device": jax.devices()[0].device_kind, "batch": args.batch,
         "s_per_step": {name: {"median": round(statistics.median(v["times"]), 4), "min": round(min(v["times"]), 4),

@@ -24,7 +24,6 @@ import datetime
 import json
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -50,13 +49,7 @@ def jax_variant(sizes: dict, batch: int, spec: str):
     with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():
         compiled, state, args, compile_s = bench.train_program(
             dict(sizes, upsample_impl=impl, conv_impl=conv_impl), batch, steps, DTYPES[dtype])
-    holder = {"state": state}
-
-    def run():
-        holder["state"], metrics = compiled(holder["state"], *args)
-        jax.block_until_ready(metrics)
-
-    return run, steps, compile_s
+    return bench.program_runner(compiled, state, args), steps, compile_s
 
 
 def with_cudnn_benchmark(run):
@@ -78,9 +71,7 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="channels 16-256 on 32x32 images")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
-    sizes = dict(bench.FULL, conv_impl="auto")
-    if args.small:
-        sizes.update(channels=(16, 32, 64, 128, 256), image_size=32)
+    sizes = dict(bench.SMALL if args.small else bench.FULL, conv_impl="auto")
     gpu, device = bench.pin_float32()
     variants = {"torch eager": dict(run=bench.torch_train_step(sizes, args.batch, device), steps=1, compile_s=None)}
     if device == "cuda":
@@ -89,17 +80,13 @@ def main() -> int:
     for spec in args.variants.split(","):
         run, steps, compile_s = jax_variant(sizes, args.batch, spec)
         variants[f"jaxddpm {spec}"] = dict(run=run, steps=steps, compile_s=compile_s)
-    for name, v in variants.items():  # warm-up, and a first timing printed at once
-        v["run"]()
+    for name, v in variants.items():  # a first timing (after a warm-up call), printed at once
         first = bench.timed(v["run"], args.reps)
         print(f"{name}: {first['median_s'] / v['steps']:.4f} s per step on its own"
               + (f", compiled in {v['compile_s']:.1f} s" if v["compile_s"] else ""), flush=True)
-        v["times"] = []
-    for _ in range(args.reps):
-        for v in variants.values():
-            t0 = time.perf_counter()
-            v["run"]()
-            v["times"].append((time.perf_counter() - t0) / v["steps"])
+    times = bench.time_interleaved({name: v["run"] for name, v in variants.items()}, args.reps)
+    for name, v in variants.items():
+        v["times"] = [t / v["steps"] for t in times[name]]
     eager = statistics.median(variants["torch eager"]["times"])
     result = {
         "command": " ".join(["python"] + sys.argv), "device": bench.device_name(), "batch": args.batch,
