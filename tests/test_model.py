@@ -67,11 +67,13 @@ def test_conv_transpose_matches_a_scatter_definition():
         np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=impl)
 
 
-@pytest.mark.parametrize("input_grad", ["taps", "winograd", "xla-input-grad"])
-@pytest.mark.parametrize("case", ["3x3", "4x4-stride2"])
+@pytest.mark.parametrize("case,input_grad", [
+    ("3x3", "taps"), ("3x3", "winograd"), ("3x3", "xla-input-grad"), ("4x4-stride2", "phases"), ("4x4-stride2", "gemm"),
+])
 def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, input_grad):
     """The hand-written input/kernel gradients of conv_impl="cpu" equal XLA's autodiff."""
     monkeypatch.setattr(model_lib, "_TAPS_MIN_WEIGHTS", 1 if input_grad == "taps" else 2**40)
+    monkeypatch.setattr(model_lib, "_S2_GEMM_MAX_PIXELS", 2**40 if input_grad == "gemm" else 0)
     if input_grad == "winograd":  # also for this test's few channels
         monkeypatch.setattr(model_lib, "_WINOGRAD_MIN_CHANNELS_INPUT_GRAD", 1)
     size, strides = ((3, 3), (1, 1)) if case == "3x3" else ((4, 4), (2, 2))
@@ -89,10 +91,10 @@ def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, input_grad)
         results[impl] = (y, *vjp(cotangent))
     assert results["cpu"][0].shape == out_shape
     chex.assert_trees_all_close(results["cpu"], results["xla"], atol=1e-4, rtol=1e-5)
-    if case == "3x3" and input_grad != "xla-input-grad":  # the taps / Winograd form must really have run
-        jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(model_lib.make_conv_general_dilated("cpu")(
-            x, kernel, strides, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))))(x))
-        assert "dot_general" in jaxpr
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(model_lib.make_conv_general_dilated("cpu")(
+        x, kernel, strides, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))))(x))
+    # the taps / Winograd / one-product form must really have run (and only it)
+    assert ("dot_general" in jaxpr) == (input_grad in ("taps", "winograd", "gemm")), jaxpr
     if case == "3x3":  # differentiated: the forward pass is XLA's convolution, not Winograd
         loss = lambda x, k: jnp.sum(f(x, k) ** 2)  # noqa: E731
         hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
