@@ -189,9 +189,10 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phases")
 # Convolutions tuned for XLA:CPU (see experiments/bench/README.md). Outside
 # differentiation (sampling, evaluation), 3x3 convolutions on at most 32x32 pixels use
 # Winograd F(2x2, 3x3) (2.25x fewer multiplications). Under differentiation the forward
-# passes are XLA's own, the kernel gradients XLA's convolutions in canonical form
-# (`_conv_kernel_grad`), and the input gradients are computed in forms that XLA:CPU runs
-# faster than the autodiff of the forward pass:
+# passes are XLA's own; the kernel gradients are XLA's convolutions in canonical form
+# (`_conv_kernel_grad`), except 3x3 ones on 8x8 to 16x16 pixels with >= 2^17 weights,
+# which use Winograd (`_winograd_kernel_grad`); the input gradients are computed in forms
+# that XLA:CPU runs faster than the autodiff of the forward pass:
 # - 3x3 on at most 32x32 pixels with >= 128 channels in and out: Winograd;
 # - other 3x3, stride 1, padding 1, at most 8x8 pixels and wide: nine per-tap matrix
 #   products (the autodiff form flips and transposes a large kernel and is ~2x slower);
@@ -207,6 +208,8 @@ _TAPS_MAX_PIXELS = 64
 _TAPS_MIN_WEIGHTS = 2**19
 _WINOGRAD_MAX_PIXELS = 32 * 32
 _S2_GEMM_MAX_PIXELS = 4 * 4
+_WINOGRAD_KERNEL_GRAD_PIXELS = (8 * 8, 16 * 16)
+_WINOGRAD_KERNEL_GRAD_MIN_WEIGHTS = 2**17
 
 
 def _conv(x: jax.Array, kernel: jax.Array, stride: int, precision=None) -> jax.Array:
@@ -268,12 +271,9 @@ def _lincomb(parts: list, coefficients: np.ndarray):
     return out
 
 
-def _winograd_conv3x3(x: jax.Array, u: jax.Array, flipped: bool = False, precision=None) -> jax.Array:
-    """3x3, stride-1, padding-1 convolution of NHWC ``x`` with the kernel whose transform
-    is ``u`` (`_winograd_kernel`); any H and W (odd sizes are padded to whole tiles).
-    ``flipped``: with that kernel flipped and its in/out channels swapped instead (the
-    input gradient of the convolution, ``x`` being the output cotangent)."""
-    bt, at = (_WINO_SWAP @ _WINO_BT, _WINO_AT @ _WINO_SWAP) if flipped else (_WINO_BT, _WINO_AT)
+def _winograd_tiles(x: jax.Array, bt: np.ndarray) -> tuple[jax.Array, tuple[int, int, int]]:
+    """The data transform BT d BT^T of every 4x4 input tile (stride 2) of the padding-1
+    NHWC ``x``: (16, tiles, C), tile index k * 4 + l, and the tile grid (B, nh, nw)."""
     b, h, w, c = x.shape
     nh, nw = -(-h // 2), -(-w // 2)
     xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * nh - h), (1, 1 + 2 * nw - w), (0, 0)))
@@ -282,7 +282,17 @@ def _winograd_conv3x3(x: jax.Array, u: jax.Array, flipped: bool = False, precisi
     for row in (_lincomb(rows, bt[k]) for k in range(4)):
         cols = [row[:, :, j : j + 2 * nw - 1 : 2] for j in range(4)]
         v.extend(_lincomb(cols, bt[m]) for m in range(4))
-    v = jnp.stack(v).reshape(16, b * nh * nw, c)
+    return jnp.stack(v).reshape(16, b * nh * nw, c), (b, nh, nw)
+
+
+def _winograd_conv3x3(x: jax.Array, u: jax.Array, flipped: bool = False, precision=None) -> jax.Array:
+    """3x3, stride-1, padding-1 convolution of NHWC ``x`` with the kernel whose transform
+    is ``u`` (`_winograd_kernel`); any H and W (odd sizes are padded to whole tiles).
+    ``flipped``: with that kernel flipped and its in/out channels swapped instead (the
+    input gradient of the convolution, ``x`` being the output cotangent)."""
+    bt, at = (_WINO_SWAP @ _WINO_BT, _WINO_AT @ _WINO_SWAP) if flipped else (_WINO_BT, _WINO_AT)
+    _, h, w, _ = x.shape
+    v, (b, nh, nw) = _winograd_tiles(x, bt)
     prod = jnp.einsum("tnc,toc->tno" if flipped else "tnc,tco->tno", v, u, precision=precision).reshape(4, 4, b, nh, nw, -1)
     y = []
     for p in range(2):
@@ -292,10 +302,36 @@ def _winograd_conv3x3(x: jax.Array, u: jax.Array, flipped: bool = False, precisi
     return y[:, :h, :w]
 
 
+def _winograd_kernel_grad(x: jax.Array, dy: jax.Array, precision=None) -> jax.Array:
+    """d/dkernel of the 3x3, stride-1, padding-1 convolution of ``x`` at cotangent ``dy``
+    through Winograd F(2x2, 3x3): y = AT [u * v] AT^T per tile is linear in u, so
+    du = sum over tiles of (AT^T dy AT) * v (one matrix product per tile position), and
+    d/dkernel = G^T du G."""
+    v, (b, nh, nw) = _winograd_tiles(x, _WINO_BT)
+    _, h, w, o = dy.shape
+    dyp = jnp.pad(dy, ((0, 0), (0, 2 * nh - h), (0, 2 * nw - w), (0, 0)))
+    rows = [dyp[:, p::2] for p in range(2)]  # output row p of every tile
+    dm = []
+    for row in (_lincomb(rows, _WINO_AT[:, k]) for k in range(4)):
+        cols = [row[:, :, q::2] for q in range(2)]
+        dm.extend(_lincomb(cols, _WINO_AT[:, m]) for m in range(4))
+    dm = jnp.stack(dm).reshape(16, b * nh * nw, o)
+    du = jnp.einsum("tnc,tno->tco", v, dm, precision=precision)
+    gg = jnp.asarray(np.kron(_WINO_G, _WINO_G).T, du.dtype)
+    return (gg @ du.reshape(16, -1)).reshape(3, 3, x.shape[-1], o)
+
+
 def _use_winograd(x_shape: Sequence[int], stride: int) -> bool:
     """Where Winograd was measured faster than XLA:CPU's convolution in the sampling chain
     (experiments/bench): images of at most 32x32 pixels."""
     return stride == 1 and x_shape[1] * x_shape[2] <= _WINOGRAD_MAX_PIXELS
+
+
+def _use_winograd_kernel_grad(dy_shape: Sequence[int], kernel_shape: Sequence[int]) -> bool:
+    """Where the Winograd kernel gradient was measured faster than XLA's inside a training
+    loop (experiments/bench): 8x8 to 16x16 pixels, wide kernels."""
+    lo, hi = _WINOGRAD_KERNEL_GRAD_PIXELS
+    return lo <= dy_shape[1] * dy_shape[2] <= hi and kernel_shape[2] * kernel_shape[3] >= _WINOGRAD_KERNEL_GRAD_MIN_WEIGHTS
 
 
 def _conv3x3_input_grad_taps(dy: jax.Array, kernel: jax.Array, precision=None) -> jax.Array:
@@ -352,19 +388,39 @@ def _tuned_conv_fwd(x, kernel, stride, precision):
     return _conv(x, kernel, stride, precision), (x, kernel)
 
 
+# The forms of the gradients, (cotangent, kernel, precision) -> d/dx and
+# (x, cotangent, stride, precision) -> d/dkernel; `_grad_forms` picks them by shape.
+_INPUT_GRADS = {
+    "xla": _conv3x3_input_grad,  # stride 1
+    "taps": _conv3x3_input_grad_taps,  # stride 1
+    "winograd": lambda dy, kernel, precision: _winograd_conv3x3(dy, _winograd_kernel(kernel), flipped=True, precision=precision),
+    "phases": lambda dy, kernel, precision: _phases(dy, kernel.transpose(0, 1, 3, 2)),  # stride 2
+    "gemm": _conv_stride2_input_grad_gemm,  # stride 2
+}
+_KERNEL_GRADS = {
+    "xla": _conv_kernel_grad,
+    "winograd": lambda x, dy, stride, precision: _winograd_kernel_grad(x, dy, precision),  # stride 1
+}
+
+
+def _grad_forms(stride: int, dy_shape: Sequence[int], kernel_shape: Sequence[int]) -> tuple[str, str]:
+    """The names of the input and kernel gradient forms `_tuned_conv` uses for a shape."""
+    pixels, weights = dy_shape[1] * dy_shape[2], kernel_shape[2] * kernel_shape[3]
+    if stride == 2:  # the adjoint of this convolution is a transposed convolution
+        return ("gemm" if pixels <= _S2_GEMM_MAX_PIXELS else "phases"), "xla"
+    kernel_grad = "winograd" if _use_winograd_kernel_grad(dy_shape, kernel_shape) else "xla"
+    if _use_winograd(dy_shape, stride) and min(kernel_shape[2:]) >= _WINOGRAD_MIN_CHANNELS_INPUT_GRAD:
+        return "winograd", kernel_grad
+    if pixels <= _TAPS_MAX_PIXELS and weights >= _TAPS_MIN_WEIGHTS:
+        return "taps", kernel_grad
+    return "xla", kernel_grad
+
+
 def _tuned_conv_bwd(stride, precision, residuals, dy):
     x, kernel = residuals
-    dkernel = _conv_kernel_grad(x, dy, stride, precision)
-    if stride == 2 and dy.shape[1] * dy.shape[2] <= _S2_GEMM_MAX_PIXELS:
-        dx = _conv_stride2_input_grad_gemm(dy, kernel, precision)
-    elif stride == 2:  # the adjoint of this convolution is a transposed convolution
-        dx = _phases(dy, kernel.transpose(0, 1, 3, 2))
-    elif _use_winograd(dy.shape, stride) and min(kernel.shape[2:]) >= _WINOGRAD_MIN_CHANNELS_INPUT_GRAD:
-        dx = _winograd_conv3x3(dy, _winograd_kernel(kernel), flipped=True, precision=precision)
-    elif dy.shape[1] * dy.shape[2] <= _TAPS_MAX_PIXELS and kernel.shape[2] * kernel.shape[3] >= _TAPS_MIN_WEIGHTS:
-        dx = _conv3x3_input_grad_taps(dy, kernel, precision)
-    else:
-        dx = _conv3x3_input_grad(dy, kernel, precision)
+    input_grad, kernel_grad = _grad_forms(stride, dy.shape, kernel.shape)
+    dx = _INPUT_GRADS[input_grad](dy, kernel, precision)
+    dkernel = _KERNEL_GRADS[kernel_grad](x, dy, stride, precision)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 

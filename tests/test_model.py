@@ -68,7 +68,8 @@ def test_conv_transpose_matches_a_scatter_definition():
 
 
 @pytest.mark.parametrize("case,input_grad", [
-    ("3x3", "taps"), ("3x3", "winograd"), ("3x3", "xla-input-grad"), ("4x4-stride2", "phases"), ("4x4-stride2", "gemm"),
+    ("3x3", "taps"), ("3x3", "winograd"), ("3x3", "xla-input-grad"), ("3x3", "winograd-kernel-grad"),
+    ("4x4-stride2", "phases"), ("4x4-stride2", "gemm"),
 ])
 def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, input_grad):
     """The hand-written input/kernel gradients of conv_impl="cpu" equal XLA's autodiff."""
@@ -76,6 +77,9 @@ def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, input_grad)
     monkeypatch.setattr(model_lib, "_S2_GEMM_MAX_PIXELS", 2**40 if input_grad == "gemm" else 0)
     if input_grad == "winograd":  # also for this test's few channels
         monkeypatch.setattr(model_lib, "_WINOGRAD_MIN_CHANNELS_INPUT_GRAD", 1)
+    # the Winograd kernel gradient (with XLA's input gradient) only in its own case
+    monkeypatch.setattr(model_lib, "_WINOGRAD_KERNEL_GRAD_PIXELS", (1, 2**40) if input_grad == "winograd-kernel-grad" else (0, 0))
+    monkeypatch.setattr(model_lib, "_WINOGRAD_KERNEL_GRAD_MIN_WEIGHTS", 1)
     size, strides = ((3, 3), (1, 1)) if case == "3x3" else ((4, 4), (2, 2))
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(k1, (2, 8, 6, 5))
@@ -94,18 +98,21 @@ def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, input_grad)
     jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(model_lib.make_conv_general_dilated("cpu")(
         x, kernel, strides, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))))(x))
     # the taps / Winograd / one-product form must really have run (and only it)
-    assert ("dot_general" in jaxpr) == (input_grad in ("taps", "winograd", "gemm")), jaxpr
+    assert ("dot_general" in jaxpr) == (input_grad in ("taps", "winograd", "gemm", "winograd-kernel-grad")), jaxpr
     if case == "3x3":  # differentiated: the forward pass is XLA's convolution, not Winograd
         loss = lambda x, k: jnp.sum(f(x, k) ** 2)  # noqa: E731
         hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
-        # forward + kernel gradient, + the input gradient unless the taps or Winograd form ran
-        assert hlo.count(" convolution(") == (3 if input_grad == "xla-input-grad" else 2), hlo
+        # forward, + the input gradient unless the taps or Winograd form ran, + the kernel
+        # gradient unless its Winograd form ran
+        expected = 1 + (input_grad in ("xla-input-grad", "winograd-kernel-grad")) + (input_grad != "winograd-kernel-grad")
+        assert hlo.count(" convolution(") == expected, hlo
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 5, 7), (1, 7, 5, 3, 4), (3, 32, 32, 6, 2), (1, 3, 3, 2, 2)])
 def test_winograd_convolution_equals_xla(shape):
     """F(2x2, 3x3) Winograd (conv_impl="cpu" outside differentiation, up to 32x32 pixels),
-    odd sizes included, and its flipped form (the input gradient), against XLA."""
+    odd sizes included, its flipped form (the input gradient) and its kernel gradient,
+    against XLA."""
     b, h, w, c, o = shape
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(k1, (b, h, w, c))
@@ -117,6 +124,9 @@ def test_winograd_convolution_equals_xla(shape):
     u = model_lib._winograd_kernel(kernel)
     np.testing.assert_allclose(model_lib._winograd_conv3x3(x, u), expected, atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(model_lib._winograd_conv3x3(dy, u, flipped=True), vjp(dy)[0], atol=2e-5, rtol=1e-5)
+    _, kernel_vjp = jax.vjp(lambda k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims,
+                                                                   precision="highest"), kernel)
+    np.testing.assert_allclose(model_lib._winograd_kernel_grad(x, dy), kernel_vjp(dy)[0], atol=1e-4, rtol=1e-5)
     conv = model_lib.make_conv_general_dilated("cpu")
     jaxpr = str(jax.make_jaxpr(lambda x: conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims))(x))
     assert "conv_general_dilated" not in jaxpr  # Winograd ran
