@@ -2,6 +2,9 @@
 
 import functools
 import json
+import pathlib
+import subprocess
+import sys
 
 from parity.bench import main
 
@@ -45,3 +48,23 @@ def test_jaxpr_flops_counts_convolutions_and_products_in_sub_jaxprs():
     ours = jaxpr_flops(jax.make_jaxpr(valid)(x, w, m))
     assert ours == 2 * (2 * 6 * 6 * 4) * 3 * 9 + 2 * (2 * 6 * 6 * 5) * 4
     assert 0 <= (xla[0] if isinstance(xla, list) else xla)["flops"] / ours - 1 < 0.1
+
+
+def _run_script(*args):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True, timeout=600)
+
+
+def test_conv_grads_script_times_each_form_and_marks_the_chosen_one():
+    out = _run_script("scripts/bench_conv_grads.py", "--batch", "1", "--reps", "1", "--layers", "up0.conv2,down3.transform")
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    assert set(rows) == {"up0.conv2", "down3.transform"}
+    # the forms jaxddpm picks for these shapes (jaxddpm/model.py: _grad_forms), each timed
+    assert "winograd* " in rows["up0.conv2"].split("kernel grad:")[0] and "taps " in rows["up0.conv2"]
+    assert "gemm* " in rows["down3.transform"] and "phases " in rows["down3.transform"]
+
+
+def test_ab_script_rejects_an_unknown_constant():
+    out = _run_script("scripts/ab_model_constant.py", "_NO_SUCH_CONSTANT", "0")
+    assert out.returncode == 2 and "jaxddpm.model has no constant '_NO_SUCH_CONSTANT'" in out.stderr
