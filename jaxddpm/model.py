@@ -200,7 +200,8 @@ def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phases")
 #   convolutions on the cotangent (`_phases`), where autodiff convolves a zero-dilated
 #   cotangent (4x the multiplications); for outputs of at most 4x4 pixels, one matrix
 #   product with the kernel's 16 taps and col2im (8x8x1024 -> 4x4x1024 at batch 16:
-#   70 -> 20 ms, most of it the phase slices of the 64 MB kernel);
+#   59 -> 26 ms, most of it the phase slices of the 64 MB kernel;
+#   scripts/bench_conv_grads.py times each form of each layer);
 # - else: the canonical convolution with the flipped kernel (`_conv3x3_input_grad`).
 # 1x1 convolutions are matrix products.
 CONV_IMPLS = ("auto", "xla", "cpu")
