@@ -114,18 +114,24 @@ def _dilated(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
 
 
+def _interleave(phase) -> jax.Array:
+    """The image whose pixel (2i + a, 2j + b) is pixel (i, j) of ``phase(a, b)``, for four
+    (N, H, W, C) phases: (N, 2H, 2W, C)."""
+    rows = [jnp.stack([phase(a, b) for b in range(2)], axis=3) for a in range(2)]
+    n, h, w, _, c = rows[0].shape
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, c)
+
+
 def _phases(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    rows = []
-    for a in range(2):
-        cols = []
-        for b in range(2):
-            k_ab = kernel[3 - a :: -2, 3 - b :: -2]  # kernel rows 3 - a, 1 - a; columns 3 - b, 1 - b
-            window = xp[:, a : a + h + 1, b : b + w + 1]
-            cols.append(jax.lax.conv_general_dilated(window, k_ab, (1, 1), "VALID", dimension_numbers=_NHWC))
-        rows.append(jnp.stack(cols, axis=3))
-    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, kernel.shape[-1])
+
+    def phase(a, b):
+        k_ab = kernel[3 - a :: -2, 3 - b :: -2]  # kernel rows 3 - a, 1 - a; columns 3 - b, 1 - b
+        window = xp[:, a : a + h + 1, b : b + w + 1]
+        return jax.lax.conv_general_dilated(window, k_ab, (1, 1), "VALID", dimension_numbers=_NHWC)
+
+    return _interleave(phase)
 
 
 def _subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -358,20 +364,13 @@ def _conv_stride2_input_grad_gemm(dy: jax.Array, kernel: jax.Array, precision=No
     # Padded input row 2r + a (a in {0, 1}) gets tap a from output row r and tap a + 2 from
     # output row r - 1; the same for columns.
     shifts = {0: ((0, 1),), 1: ((1, 0),)}
-    rows = []
-    for a in range(2):
-        cols = []
-        for b in range(2):
-            acc = None
-            for di in range(2):
-                for dj in range(2):
-                    pad = ((0, 0), *shifts[di], *shifts[dj], (0, 0))
-                    term = jnp.pad(z[:, :, :, a + 2 * di, b + 2 * dj], pad)
-                    acc = term if acc is None else acc + term
-            cols.append(acc)  # (n, p + 1, q + 1, c): padded rows 2r + a, columns 2s + b
-        rows.append(jnp.stack(cols, axis=3))
-    full = jnp.stack(rows, axis=2).reshape(n, 2 * p + 2, 2 * q + 2, c)
-    return full[:, 1:-1, 1:-1]
+
+    def phase(a, b):  # (n, p + 1, q + 1, c): padded rows 2r + a, columns 2s + b
+        terms = [jnp.pad(z[:, :, :, a + 2 * di, b + 2 * dj], ((0, 0), *shifts[di], *shifts[dj], (0, 0)))
+                 for di in range(2) for dj in range(2)]
+        return sum(terms[1:], terms[0])
+
+    return _interleave(phase)[:, 1:-1, 1:-1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -389,18 +388,22 @@ def _tuned_conv_fwd(x, kernel, stride, precision):
     return _conv(x, kernel, stride, precision), (x, kernel)
 
 
-# The forms of the gradients, (cotangent, kernel, precision) -> d/dx and
+# The forms of the gradients by stride, (cotangent, kernel, precision) -> d/dx and
 # (x, cotangent, stride, precision) -> d/dkernel; `_grad_forms` picks them by shape.
 _INPUT_GRADS = {
-    "xla": _conv3x3_input_grad,  # stride 1
-    "taps": _conv3x3_input_grad_taps,  # stride 1
-    "winograd": lambda dy, kernel, precision: _winograd_conv3x3(dy, _winograd_kernel(kernel), flipped=True, precision=precision),
-    "phases": lambda dy, kernel, precision: _phases(dy, kernel.transpose(0, 1, 3, 2)),  # stride 2
-    "gemm": _conv_stride2_input_grad_gemm,  # stride 2
+    1: {
+        "xla": _conv3x3_input_grad,
+        "taps": _conv3x3_input_grad_taps,
+        "winograd": lambda dy, kernel, precision: _winograd_conv3x3(dy, _winograd_kernel(kernel), flipped=True, precision=precision),
+    },
+    2: {
+        "phases": lambda dy, kernel, precision: _phases(dy, kernel.transpose(0, 1, 3, 2)),
+        "gemm": _conv_stride2_input_grad_gemm,
+    },
 }
 _KERNEL_GRADS = {
-    "xla": _conv_kernel_grad,
-    "winograd": lambda x, dy, stride, precision: _winograd_kernel_grad(x, dy, precision),  # stride 1
+    1: {"xla": _conv_kernel_grad, "winograd": lambda x, dy, stride, precision: _winograd_kernel_grad(x, dy, precision)},
+    2: {"xla": _conv_kernel_grad},
 }
 
 
@@ -420,8 +423,8 @@ def _grad_forms(stride: int, dy_shape: Sequence[int], kernel_shape: Sequence[int
 def _tuned_conv_bwd(stride, precision, residuals, dy):
     x, kernel = residuals
     input_grad, kernel_grad = _grad_forms(stride, dy.shape, kernel.shape)
-    dx = _INPUT_GRADS[input_grad](dy, kernel, precision)
-    dkernel = _KERNEL_GRADS[kernel_grad](x, dy, stride, precision)
+    dx = _INPUT_GRADS[stride][input_grad](dy, kernel, precision)
+    dkernel = _KERNEL_GRADS[stride][kernel_grad](x, dy, stride, precision)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 

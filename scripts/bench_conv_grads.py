@@ -15,13 +15,13 @@ milliseconds per evaluation, min over ``--reps`` calls.
 
 import argparse
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
 import jaxddpm  # noqa: F401  (its XLA:CPU flags, before JAX's first computation)
 from jaxddpm import model as model_lib
+from parity import bench
 
 LOOP = 8
 
@@ -49,14 +49,8 @@ def looped(fn):
 
 
 def time_ms(fn, args, reps: int) -> float:
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times) / LOOP * 1e3
+    """Milliseconds per evaluation: the fastest of ``reps`` calls after a warm-up."""
+    return bench.timed(lambda: jax.block_until_ready(fn(*args)), reps)["min_s"] / LOOP * 1e3
 
 
 def main() -> int:
@@ -74,16 +68,14 @@ def main() -> int:
         dy = jax.random.normal(jax.random.key(2), (args.batch, hw // stride, hw // stride, o))
         input_choice, kernel_choice = model_lib._grad_forms(stride, dy.shape, kernel.shape)
         cells = []
-        for form, fn in model_lib._INPUT_GRADS.items():
-            if (stride == 1) != (form in ("xla", "taps", "winograd")) or name == "init":  # no input gradient needed there
+        for form, fn in model_lib._INPUT_GRADS[stride].items():
+            if name == "init":  # no input gradient needed there
                 continue
             ms = time_ms(looped(lambda dy, kernel, fn=fn: fn(dy, kernel, None)), (dy, kernel), args.reps)
             cells.append(f"{form}{'*' if form == input_choice else ''} {ms:.1f}")
         line = f"{name:15s} {hw:2d}x{hw:<2d} {c:4d}->{o:<4d} input grad: {', '.join(cells) or '-':42s}"
         cells = []
-        for form, fn in model_lib._KERNEL_GRADS.items():
-            if stride == 2 and form != "xla":
-                continue
+        for form, fn in model_lib._KERNEL_GRADS[stride].items():
             ms = time_ms(looped(lambda x, dy, fn=fn: fn(x, dy, stride, None)), (x, dy), args.reps)
             cells.append(f"{form}{'*' if form == kernel_choice else ''} {ms:.1f}")
         print(line + f" kernel grad: {', '.join(cells)}", flush=True)
