@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from jaxddpm import checkpoint, config as config_lib, data, diffusion, images, parallel
+from jaxddpm.events import EventLog
 from jaxddpm.model import SimpleUNet
 from jaxddpm.unet import DDPMUNet
 from jaxddpm.schedule import Schedule, make_schedule
@@ -407,11 +408,6 @@ def train_and_evaluate(
     meta = dict(config=json.loads(config_lib.to_json(config)), process_count=jax.process_count())
 
     writer = metrics_file = None
-    if main:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
     progress = _Progress(total, start, quiet=not main)
     for line in progress_log:
         progress.log(line)
@@ -464,9 +460,7 @@ def train_and_evaluate(
                 if main:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
-                    for k, v in row.items():
-                        if k != "step":
-                            writer.add_scalar(f"train/{k}", v, step)
+                    writer.scalars({f"train/{k}": v for k, v in row.items() if k != "step"}, step)
                 progress.log(
                     f"step {step}/{total}  loss {row['loss']:.4f}  grad_norm {row['grad_norm']:.3f}  "
                     f"{row['steps_per_sec']:.1f} steps/s  {row['images_per_sec']:.0f} img/s"
@@ -480,7 +474,7 @@ def train_and_evaluate(
         if not main:
             return
         images.save_grid(os.path.join(workdir, "samples", name), samples)
-        writer.add_image("samples", images.grid(data.to_uint8(samples)), step, dataformats="HWC")
+        writer.image("samples", images.grid(data.to_uint8(samples)), step)
 
     def steps_to_next_event(step: int) -> int:
         """Steps in the next call: at most ``per_call``, ending at the next checkpoint,
@@ -496,8 +490,9 @@ def train_and_evaluate(
         stop = stack.enter_context(_stop_requests())
         stack.callback(manager.close)
         if main:
+            writer = EventLog(os.path.join(workdir, "tensorboard"))
             stack.callback(writer.close)
-            stack.callback(metrics_file.close)
+            metrics_file = stack.enter_context(open(os.path.join(workdir, "metrics.jsonl"), "a"))
         stack.callback(progress.close)
         reported: list[BaseException] = []
 

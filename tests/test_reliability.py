@@ -174,8 +174,12 @@ def tmpfs(tmp_path):
         return target
 
     yield mount
+    busy = []
     for target in mounted:
-        subprocess.run(["umount", str(target)], check=False)
+        proc = subprocess.run(["umount", str(target)], capture_output=True, text=True)
+        if proc.returncode != 0:  # a file the run left open keeps the file system busy
+            busy.append(f"{target}: {proc.stderr.strip()}")
+    assert not busy, busy
 
 
 @pytest.mark.parametrize(

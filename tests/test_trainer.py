@@ -19,6 +19,21 @@ from tests.helpers import tiny_argv, tiny_config
 EXPECTED_FILES = {"config.json", "metrics.jsonl", "forward_diffusion.png", "loss_curve.png", "checkpoints", "samples", "tensorboard"}
 
 
+def read_events(logdir):
+    """{(tag, step): scalar value or (height, width) of an image} from the TensorBoard event
+    files in ``logdir``, read with TensorFlow's record reader (which checks every record's CRC)."""
+    import tensorflow as tf
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for name in os.listdir(logdir):
+        for record in tf.data.TFRecordDataset(os.path.join(logdir, name)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for v in event.summary.value:
+                out[(v.tag, event.step)] = (v.image.height, v.image.width) if v.HasField("image") else v.simple_value
+    return out
+
+
 def assert_run_outputs(workdir, steps=4, image_shape=(8, 8)):
     assert EXPECTED_FILES <= set(os.listdir(workdir))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -26,9 +41,12 @@ def assert_run_outputs(workdir, steps=4, image_shape=(8, 8)):
     assert {"loss", "grad_norm", "steps_per_sec", "images_per_sec"} <= set(rows[0])
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())[-1] == steps
-    assert os.listdir(os.path.join(workdir, "tensorboard"))
     grid = Image.open(os.path.join(workdir, "samples", "final.png"))
     assert grid.size[0] > 2 * image_shape[0]
+    events = read_events(os.path.join(workdir, "tensorboard"))
+    assert events[("train/loss", steps)] == pytest.approx(rows[-1]["loss"]) and ("train/images_per_sec", steps) in events
+    scale = max(1, 128 // image_shape[0])  # the PNG is upscaled, TensorBoard gets the grid as sampled
+    assert events[("samples", steps)] == (grid.size[1] // scale, grid.size[0] // scale)
 
 
 def test_train_on_bundled_digits(tmp_path):
