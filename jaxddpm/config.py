@@ -19,7 +19,7 @@ import ml_collections
 
 from jaxddpm import configs as configs_package
 from jaxddpm.diffusion import PREDICTIONS
-from jaxddpm.model import UPSAMPLE_IMPLS
+from jaxddpm.model import CONV_IMPLS, UPSAMPLE_IMPLS
 from jaxddpm.parallel import SHARDING_MODES
 from jaxddpm.schedule import validate_schedule_args
 
@@ -132,6 +132,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"data.image_size={d.image_size} cannot be halved {levels} times by {what}; use a multiple of {2**levels}",
     )
     need(m.upsample_impl in UPSAMPLE_IMPLS, f"model.upsample_impl={m.upsample_impl!r} is unknown; allowed: {', '.join(UPSAMPLE_IMPLS)}")
+    need(m.conv_impl in CONV_IMPLS, f"model.conv_impl={m.conv_impl!r} is unknown; allowed: {', '.join(CONV_IMPLS)}")
     need(m.dtype in DTYPES, f"model.dtype={m.dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
     try:
         validate_schedule_args(s.schedule, s.num_timesteps, s.beta_start, s.beta_end)

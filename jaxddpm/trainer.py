@@ -93,6 +93,7 @@ def build_model(config: ml_collections.ConfigDict) -> SimpleUNet | DDPMUNet:
         out_channels=config.data.channels,
         time_emb_dim=m.time_emb_dim,
         upsample_impl=m.upsample_impl,
+        conv_impl=m.conv_impl,
         num_classes=m.num_classes,
         dtype=dtype,
     )

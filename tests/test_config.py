@@ -60,12 +60,23 @@ def test_bad_overrides(overrides, message):
         ({"data.source": "ftp"}, "data.source='ftp' is unknown; allowed: tfds, digits, folder"),
         ({"data.source": "folder"}, "data.path must name an image folder"),
         ({"model.dtype": "float16"}, "model.dtype='float16' is unknown"),
+        ({"model.conv_impl": "cudnn"}, "model.conv_impl='cudnn' is unknown; allowed: auto, xla, cpu"),
     ],
 )
 def test_invalid_values(overrides, message):
     c = config_lib.apply_overrides(config_lib.load_config("quickstart"), overrides)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config_lib.validate(c)
+
+
+def test_model_fields_reach_the_model():
+    from jaxddpm.trainer import build_model
+
+    c = config_lib.apply_overrides(config_lib.load_config("quickstart"), {"model.conv_impl": "xla", "model.upsample_impl": "subpixel"})
+    config_lib.validate(c)
+    model = build_model(c)
+    assert (model.conv_impl, model.upsample_impl) == ("xla", "subpixel")
+    assert build_model(config_lib.load_config("quickstart")).conv_impl == "auto"
 
 
 def test_unknown_config_name():

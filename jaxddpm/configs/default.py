@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.channels = (64, 128, 256, 512, 1024)
     c.model.time_emb_dim = 32
     c.model.upsample_impl = "phases"  # phases | subpixel | dilated (same math)
+    c.model.conv_impl = "auto"  # auto | xla | cpu: how convolutions and their gradients are computed (same math)
     # ddpm_unet:
     c.model.base_channels = 64
     c.model.channel_mult = (1, 2, 2, 2)  # one level per entry; all but the last halve H and W
