@@ -145,10 +145,12 @@ def _subpixel(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return y.reshape(n, 2 * h, 2 * w, c_out)
 
 
-def _with_adjoint_vjp(forward):
+def _with_adjoint_vjp(forward, canonical_kernel_grad: bool):
     """``forward`` with a hand-written VJP built from the strided convolution it is the
-    transpose of: d/dx is that convolution of the cotangent, d/dkernel its kernel VJP.
-    XLA:CPU computes both far faster than the autodiff of the forward forms."""
+    transpose of: d/dx is that convolution of the cotangent, d/dkernel its kernel VJP,
+    computed as a canonical convolution (`_conv_kernel_grad`, fast on XLA:CPU inside
+    loops) or by autodiff (XLA's own form). Both are far faster than the autodiff of the
+    forward forms."""
 
     @jax.custom_vjp
     def f(x, kernel):
@@ -160,9 +162,9 @@ def _with_adjoint_vjp(forward):
     def f_bwd(residuals, dy):
         x, kernel = residuals
         dx = _conv_stride2(dy, kernel)
-        if jax.default_backend() == "cpu":
+        if canonical_kernel_grad:
             # The kernel gradient of _conv_stride2(dy, k) at cotangent x, for its kernel
-            # k.transpose(0, 1, 3, 2), transposed back; canonical (see _conv_kernel_grad).
+            # k.transpose(0, 1, 3, 2), transposed back.
             return dx, _conv_kernel_grad(dy, x, 2).transpose(0, 1, 3, 2)
         _, kernel_vjp = jax.vjp(lambda k: _conv_stride2(dy, k), kernel)
         return dx, kernel_vjp(x)[0]
@@ -171,25 +173,27 @@ def _with_adjoint_vjp(forward):
     return f
 
 
+# upsample impl -> conv impl ("cpu" or "xla", as resolved by `_resolved`) -> function
 _IMPLS = {
-    "dilated": _dilated,  # plain autodiff: the reference formulation
-    "phases": _with_adjoint_vjp(_phases),
-    "subpixel": _with_adjoint_vjp(_subpixel),
+    "dilated": {"cpu": _dilated, "xla": _dilated},  # plain autodiff: the reference formulation
+    "phases": {"cpu": _with_adjoint_vjp(_phases, True), "xla": _with_adjoint_vjp(_phases, False)},
+    "subpixel": {"cpu": _with_adjoint_vjp(_subpixel, True), "xla": _with_adjoint_vjp(_subpixel, False)},
 }
 
 
-def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phases") -> jax.Array:
+def conv_transpose_4x4_s2(x: jax.Array, kernel: jax.Array, impl: str = "phases", conv_impl: str = "auto") -> jax.Array:
     """PyTorch's ``conv_transpose2d(x, w, stride=2, padding=1)`` for 4x4 kernels, NHWC.
 
     ``kernel`` has shape (4, 4, in, out), i.e. the PyTorch weight (in, out, 4, 4)
     transposed by (2, 3, 0, 1). All implementations compute the same function:
     ``"dilated"`` convolves the zero-dilated input with the flipped kernel; ``"phases"``
     computes the four output phases as four 2x2 convolutions; ``"subpixel"`` as one 3x3
-    convolution followed by depth-to-space. The last two carry hand-written VJPs.
+    convolution followed by depth-to-space. The last two carry hand-written VJPs, whose
+    kernel gradient follows ``conv_impl`` (see `make_conv_general_dilated`).
     """
     if impl not in _IMPLS:
         raise ValueError(f"upsample impl {impl!r} is unknown; allowed: {', '.join(UPSAMPLE_IMPLS)}")
-    return _IMPLS[impl](x, kernel)
+    return _IMPLS[impl][_resolved(conv_impl)](x, kernel)
 
 
 # Convolutions tuned for XLA:CPU (see experiments/bench/README.md). Outside
@@ -463,6 +467,13 @@ def _is_pointwise(x_shape, kernel_shape, window_strides, padding, lhs_dilation, 
     return _is_plain_nhwc(x_shape, kernel_shape, lhs_dilation, rhs_dilation, dimension_numbers, groups)
 
 
+def _resolved(impl: str) -> str:
+    """``"cpu"`` or ``"xla"``: ``impl``, with ``"auto"`` resolved by JAX's default backend."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl {impl!r} is unknown; allowed: {', '.join(CONV_IMPLS)}")
+    return impl if impl != "auto" else ("cpu" if jax.default_backend() == "cpu" else "xla")
+
+
 def make_conv_general_dilated(impl: str):
     """A drop-in for ``lax.conv_general_dilated`` (as ``nn.Conv(conv_general_dilated=...)``).
 
@@ -477,7 +488,7 @@ def make_conv_general_dilated(impl: str):
 
     def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                              dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-        use = impl if impl != "auto" else ("cpu" if jax.default_backend() == "cpu" else "xla")
+        use = _resolved(impl)
         stride = 0
         if use == "cpu" and not kwargs:
             stride = _tunable(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -513,6 +524,7 @@ class ConvTranspose4x4(nn.Module):
 
     features: int
     impl: str = "phases"
+    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -521,7 +533,7 @@ class ConvTranspose4x4(nn.Module):
         shape = (4, 4, x.shape[-1], self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        y = conv_transpose_4x4_s2(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+        y = conv_transpose_4x4_s2(x.astype(self.dtype), kernel.astype(self.dtype), self.impl, self.conv_impl)
         return y + bias.astype(self.dtype).reshape(1, 1, 1, self.features)
 
 
@@ -547,7 +559,7 @@ class ConvBlock(nn.Module):
         h = nn.Conv(self.features, (3, 3), padding=pad1, name="conv2", **ckw)(h)
         h = BatchNorm(name="bn2", **kw)(nn.relu(h), train)
         if self.upsample:
-            return ConvTranspose4x4(self.features, self.upsample_impl, name="transform", **kw)(h)
+            return ConvTranspose4x4(self.features, self.upsample_impl, self.conv_impl, name="transform", **kw)(h)
         return nn.Conv(self.features, (4, 4), strides=(2, 2), padding=pad1, name="transform", **ckw)(h)
 
 

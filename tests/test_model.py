@@ -192,13 +192,16 @@ def test_upsample_gradients_match_plain_autodiff():
     kernel = jax.random.normal(k2, (4, 4, 8, 5))
     weights = jax.random.normal(k3, (2, 8, 12, 5))
 
-    def loss(impl):
-        return lambda x, k: jnp.sum(weights * jd.conv_transpose_4x4_s2(x, k, impl) ** 2)
+    def loss(impl, conv_impl="auto"):
+        return lambda x, k: jnp.sum(weights * jd.conv_transpose_4x4_s2(x, k, impl, conv_impl) ** 2)
 
     expected = jax.grad(loss("dilated"), argnums=(0, 1))(x, kernel)
     for impl in ("subpixel", "phases"):
-        got = jax.jit(jax.grad(loss(impl), argnums=(0, 1)))(x, kernel)
-        chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-3)
+        for conv_impl in ("cpu", "xla"):  # the kernel gradient as a canonical convolution, or by autodiff
+            got = jax.jit(jax.grad(loss(impl, conv_impl), argnums=(0, 1)))(x, kernel)
+            chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="conv impl 'cudnn' is unknown; allowed: auto, xla, cpu"):
+        jd.conv_transpose_4x4_s2(x, kernel, "phases", "cudnn")
 
 
 def test_cpu_convolutions_stay_canonical_inside_a_training_loop():
