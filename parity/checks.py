@@ -148,8 +148,10 @@ class Setup:
 
 
 def build_setup(
-    sizes: Sizes, float64: bool, seed: int = 0, state_dict: dict | None = None, num_train_steps: int = 3
+    sizes: Sizes, float64: bool, seed: int = 0, state_dict: dict | None = None, num_train_steps: int = 3,
+    model_options: dict | None = None,
 ) -> Setup:
+    """``model_options``: further `jaxddpm.SimpleUNet` fields (``conv_impl``, ``upsample_impl``)."""
     torch.manual_seed(seed)
     torch_model = reference.SimpleUNet(
         image_channels=sizes.image_channels, channels=sizes.channels,
@@ -161,7 +163,7 @@ def build_setup(
     torch_model = torch_model.to(dtype)
     variables = convert.torch_to_flax(torch_model.state_dict())
     jdtype = jnp.float64 if float64 else jnp.float32
-    model = convert.model_from_state_dict(torch_model.state_dict(), dtype=jdtype, param_dtype=jdtype)
+    model = convert.model_from_state_dict(torch_model.state_dict(), dtype=jdtype, param_dtype=jdtype, **(model_options or {}))
     variables = jax.tree.map(lambda v: jnp.asarray(v, jdtype), variables)
     schedule = jaxddpm.make_schedule(num_timesteps=sizes.num_timesteps, dtype=jdtype)
     tables = {name: torch.from_numpy(np.array(getattr(schedule, name))) for name in reference.TABLE_NAMES}
@@ -417,10 +419,13 @@ def run_checks(
     num_train_steps: int = 3,
     only: list[str] | None = None,
     seed: int = 0,
+    model_options: dict | None = None,
 ) -> list[tuple[str, CheckResult]]:
-    """Run the named checks (all by default); returns (check, result) pairs."""
+    """Run the named checks (all by default) on jaxddpm's SimpleUNet with ``model_options``
+    (see `build_setup`); returns (check, result) pairs."""
     with precision(float64):
-        setup = build_setup(sizes, float64, seed=seed, state_dict=state_dict, num_train_steps=num_train_steps)
+        setup = build_setup(sizes, float64, seed=seed, state_dict=state_dict, num_train_steps=num_train_steps,
+                            model_options=model_options)
         out = []
         for name, fn in CHECKS.items():
             if only is None or name in only:

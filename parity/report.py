@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from jaxddpm.model import CONV_IMPLS, UPSAMPLE_IMPLS, SimpleUNet
 from parity import checks
 
 SIZES = {"full": checks.FULL, "small": checks.SMALL}
@@ -22,6 +23,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--steps", type=int, default=3, help="Adam steps in the training check (default 3; float32 judges step 1, see --float64)")
     parser.add_argument("--only", nargs="+", choices=list(checks.CHECKS), help="run only these checks")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--conv-impl", choices=CONV_IMPLS, default=SimpleUNet.conv_impl,
+                        help=f"jaxddpm's convolution forms (same math; default {SimpleUNet.conv_impl})")
+    parser.add_argument("--upsample-impl", choices=UPSAMPLE_IMPLS, default=SimpleUNet.upsample_impl,
+                        help=f"jaxddpm's transposed-convolution form (same math; default {SimpleUNet.upsample_impl})")
     return parser
 
 
@@ -57,6 +62,12 @@ def sizes_for(state_dict: dict | None, size: str) -> checks.Sizes:
     )
 
 
+def forms(args: argparse.Namespace) -> dict[str, str]:
+    """The jaxddpm forms chosen on the command line that differ from the defaults."""
+    chosen = dict(conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
+    return {name: value for name, value in chosen.items() if value != getattr(SimpleUNet, name)}
+
+
 def format_table(results) -> str:
     rows = [("check", "max |diff|", "rel diff", "tolerance", "")]
     rows += [(r.name, f"{r.max_abs_diff:.2e}", f"{r.rel_diff:.2e}", f"{r.tolerance:.1e}", "ok" if r.passed else "FAIL") for _, r in results]
@@ -75,7 +86,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     state_dict = load_state_dict(args.torch_checkpoint) if args.torch_checkpoint else None
     try:
         sizes = sizes_for(state_dict, args.size)
-        results = checks.run_checks(sizes, float64=args.float64, state_dict=state_dict, num_train_steps=args.steps, only=args.only, seed=args.seed)
+        results = checks.run_checks(sizes, float64=args.float64, state_dict=state_dict, num_train_steps=args.steps, only=args.only, seed=args.seed,
+                                     model_options=dict(conv_impl=args.conv_impl, upsample_impl=args.upsample_impl))
     except (ValueError, RuntimeError) as e:
         if state_dict is None:
             raise
@@ -85,6 +97,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         print(json.dumps([dict(check=c, **r._asdict()) for c, r in results], indent=1))
     else:
         print(f"parity: {'float64' if args.float64 else 'float32'}, channels {sizes.channels}, "
-              f"{sizes.image_size}x{sizes.image_size}, batch {sizes.batch}, T {sizes.num_timesteps}")
+              f"{sizes.image_size}x{sizes.image_size}, batch {sizes.batch}, T {sizes.num_timesteps}"
+              + "".join(f", {name} {value}" for name, value in forms(args).items()))
         print(format_table(results))
     return 0 if all(r.passed for _, r in results) else 1

@@ -145,3 +145,16 @@ def test_python_m_parity_prints_a_table_and_exits_zero():
     assert proc.returncode == 0, proc.stderr
     assert "round trip torch -> flax -> torch" in proc.stdout
     assert "10 passed, 0 failed" in proc.stdout
+
+
+@pytest.mark.parametrize("conv_impl, upsample_impl", [("xla", "dilated"), ("cpu", "subpixel")])
+def test_report_checks_the_forms_it_is_given(conv_impl, upsample_impl, capsys):
+    """--conv-impl / --upsample-impl reach the model the checks run, and those forms pass."""
+    with checks.precision(False):
+        setup = checks.build_setup(checks.SMALL, False, model_options=dict(conv_impl=conv_impl, upsample_impl=upsample_impl))
+    assert (setup.model.conv_impl, setup.model.upsample_impl) == (conv_impl, upsample_impl)
+    code = parity_main(["--size", "small", "--only", "forward", "gradients", "training", "--steps", "1",
+                        "--conv-impl", conv_impl, "--upsample-impl", upsample_impl])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.splitlines()[0].endswith(f", conv_impl {conv_impl}, upsample_impl {upsample_impl}"), out
