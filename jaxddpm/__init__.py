@@ -37,9 +37,11 @@ from jaxddpm.train import (
     create_train_state,
     ema_update,
     jit_train_step,
+    jit_train_steps,
     make_optimizer,
     state_from_variables,
     train_step,
+    train_steps,
 )
 
 __version__ = "0.1.0"
@@ -62,6 +64,7 @@ __all__ = [
     "ema_update",
     "extract",
     "jit_train_step",
+    "jit_train_steps",
     "make_optimizer",
     "make_schedule",
     "min_snr_weights",
@@ -78,4 +81,5 @@ __all__ = [
     "split_prediction",
     "state_from_variables",
     "train_step",
+    "train_steps",
 ]

@@ -160,3 +160,42 @@ def jit_train_step(
     """`train_step` compiled once, with the state's buffers donated."""
     step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay)
     return jax.jit(step, donate_argnums=0)
+
+
+def train_steps(
+    state: TrainState,
+    batches: jax.Array,
+    key: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Schedule,
+    ema_decay: float = 0.999,
+    labels: jax.Array | None = None,
+    label_dropout: float = 0.0,
+    prediction: str = "eps",
+    min_snr_gamma: float = 0.0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """`train_step` on each of ``batches`` (S, B, H, W, C) in turn (and ``labels`` (S, B)),
+    as one loop (``lax.scan``): the same result as S calls of `train_step`, in one
+    dispatch. Each metric has S entries, one per step."""
+
+    def body(state, xs):
+        batch, batch_labels = xs
+        return train_step(
+            state, batch, key, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay, labels=batch_labels,
+            label_dropout=label_dropout, prediction=prediction, min_snr_gamma=min_snr_gamma,
+        )
+
+    return jax.lax.scan(body, state, (batches, labels))
+
+
+def jit_train_steps(
+    model: nn.Module, tx: optax.GradientTransformation, schedule: Schedule, ema_decay: float
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """`train_steps` compiled (once per number of steps S), with the state's buffers donated.
+
+    Several steps per call save the per-call setup of a compiled program; on XLA:CPU that
+    is mostly allocating the step's temporaries afresh (see experiments/bench/README.md)."""
+    steps = functools.partial(train_steps, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay)
+    return jax.jit(steps, donate_argnums=0)

@@ -223,6 +223,23 @@ def train_program(sizes: dict, batch: int, steps: int, dtype=jnp.float32) -> tup
     return compiled, state, args, time.perf_counter() - t0
 
 
+def functional_program(sizes: dict, batch: int, steps: int) -> tuple:
+    """The functional API's compiled training program: `jaxddpm.jit_train_step` (``steps``
+    = 1) or `jaxddpm.jit_train_steps` over ``steps`` stacked batches; returns what
+    `train_program` does."""
+    model = jax_model(sizes)
+    schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
+    tx = jd.make_optimizer(1e-3)
+    shape = (sizes["image_size"], sizes["image_size"], sizes["image_channels"])
+    state = jd.create_train_state(model, tx, jax.random.key(0), shape)
+    lead = (batch,) if steps == 1 else (steps, batch)
+    args = (jax.random.uniform(jax.random.key(1), (*lead, *shape), minval=-1, maxval=1), jax.random.key(2))
+    make = jd.jit_train_step if steps == 1 else jd.jit_train_steps
+    t0 = time.perf_counter()
+    compiled = make(model, tx, schedule, ema_decay=0.999).lower(state, *args).compile()
+    return compiled, state, args, time.perf_counter() - t0
+
+
 def bench_jax_train_loop(sizes: dict, batch: int, reps: int, steps: int) -> dict:
     """The program `jaxddpm train` runs: ``steps`` training steps per call as a loop on the
     device (`train_program`). Times are per step."""

@@ -68,3 +68,12 @@ def test_conv_grads_script_times_each_form_and_marks_the_chosen_one():
 def test_ab_script_rejects_an_unknown_constant():
     out = _run_script("scripts/ab_model_constant.py", "_NO_SUCH_CONSTANT", "0")
     assert out.returncode == 2 and "jaxddpm.model has no constant '_NO_SUCH_CONSTANT'" in out.stderr
+
+
+def test_train_loop_script_times_the_trainer_and_functional_programs():
+    out = _run_script("scripts/bench_train_loop.py", "--quick", "--functional", "--batch", "2", "--reps", "1",
+                      "--steps-per-call", "1,3")
+    assert out.returncode == 0, out.stderr
+    timed = json.loads(out.stdout)["s_per_step"]
+    assert set(timed) == {"auto, 1 per call", "auto, 3 per call", "functional API, auto, 1 per call", "functional API, auto, 3 per call"}
+    assert all(v["median"] > 0 for v in timed.values())

@@ -17,3 +17,4 @@ def test_readme_functional_api_example_runs():
     exec(compile(blocks[0], str(README), "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["images"].shape == (16, 16, 16, 1)
     assert namespace["x_t"].shape == (8, 16, 16, 1)
+    assert int(namespace["state"].step) == 5 and namespace["metrics"]["loss"].shape == (4,)
