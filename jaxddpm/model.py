@@ -166,8 +166,9 @@ def _with_adjoint_vjp(forward, canonical_kernel_grad: bool):
             # The kernel gradient of _conv_stride2(dy, k) at cotangent x, for its kernel
             # k.transpose(0, 1, 3, 2), transposed back.
             return dx, _conv_kernel_grad(dy, x, 2).transpose(0, 1, 3, 2)
-        _, kernel_vjp = jax.vjp(lambda k: _conv_stride2(dy, k), kernel)
-        return dx, kernel_vjp(x)[0]
+        # The transpose of the linear map k -> _conv_stride2(dy, k): autodiff's kernel
+        # gradient, without the forward convolution jax.vjp would also trace.
+        return dx, jax.linear_transpose(lambda k: _conv_stride2(dy, k), kernel)(x)[0]
 
     f.defvjp(f_fwd, f_bwd)
     return f

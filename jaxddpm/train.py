@@ -57,6 +57,12 @@ def create_train_state(
     return state_from_variables(variables, tx)
 
 
+def global_norm(tree: PyTree) -> jax.Array:
+    """The L2 norm of all leaves together, accumulated in float32 or wider."""
+    squares = [jnp.sum(jnp.square(leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)))) for leaf in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(squares))
+
+
 def ema_update(ema: PyTree, params: PyTree, decay: float) -> PyTree:
     """``decay * ema + (1 - decay) * params`` leaf by leaf."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema, params)
@@ -113,7 +119,7 @@ def apply_update(
         opt_state=opt_state,
         ema_params=ema_update(state.ema_params, params, ema_decay),
     )
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": global_norm(grads)}
 
 
 def drop_labels(key: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:

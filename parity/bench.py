@@ -121,6 +121,14 @@ def _dot_flops(eqn) -> float:
     return 2.0 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contracting)
 
 
+def _sub_jaxprs(params: dict):
+    """The jaxprs among an equation's parameters (alone or in tuples and lists)."""
+    for value in params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, (jax_core.Jaxpr, jax_core.ClosedJaxpr)):
+                yield v
+
+
 def jaxpr_flops(jaxpr) -> float:
     """FLOPs (2 per multiply-add) of the convolutions and matrix products in a (closed)
     jaxpr, sub-jaxprs included (a scan's body times its length, a while loop's once, the
@@ -137,7 +145,7 @@ def jaxpr_flops(jaxpr) -> float:
         elif name == "cond":
             total += max(jaxpr_flops(b) for b in eqn.params["branches"])
         else:
-            inner = sum(jaxpr_flops(j) for j in jax_core.jaxprs_in_params(eqn.params))
+            inner = sum(jaxpr_flops(j) for j in _sub_jaxprs(eqn.params))
             total += inner * (eqn.params["length"] if name == "scan" else 1)
     return total
 

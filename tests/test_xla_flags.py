@@ -26,9 +26,12 @@ def _in_effect(env: dict) -> str:
 
 def test_import_sets_the_flag_before_jax_starts_and_can_be_turned_off():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT)}
-    assert _in_effect(env) == f"True {FLAG}"
+    supported = xla_flags.jaxlib_version() >= xla_flags.MIN_JAXLIB
+    # An older jaxlib's XLA would abort on the flag, so it is not added there.
+    assert _in_effect(env) == (f"True {FLAG}" if supported else "False")
     assert _in_effect(dict(env, **{xla_flags.OPT_OUT: "0"})) == "False"
-    assert _in_effect(dict(env, XLA_FLAGS=f"{NAME}=")) == f"False {NAME}="
+    if supported:  # (an older XLA aborts on the user's own value too)
+        assert _in_effect(dict(env, XLA_FLAGS=f"{NAME}=")) == f"False {NAME}="
 
 
 def test_no_flag_for_a_jaxlib_whose_xla_would_abort_on_it(monkeypatch):
@@ -41,4 +44,4 @@ def test_no_flag_for_a_jaxlib_whose_xla_would_abort_on_it(monkeypatch):
     monkeypatch.setattr(xla_flags, "jaxlib_version", lambda: xla_flags.MIN_JAXLIB)
     xla_flags.apply()
     assert os.environ["XLA_FLAGS"] == FLAG
-    assert xla_flags.jaxlib_version() >= xla_flags.MIN_JAXLIB  # the one installed here
+    assert xla_flags.jaxlib_version() is not None  # read from the installed jaxlib's metadata
