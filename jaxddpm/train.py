@@ -169,29 +169,16 @@ def jit_train_step(
 
 
 def train_steps(
-    state: TrainState,
-    batches: jax.Array,
-    key: jax.Array,
-    *,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    schedule: Schedule,
-    ema_decay: float = 0.999,
-    labels: jax.Array | None = None,
-    label_dropout: float = 0.0,
-    prediction: str = "eps",
-    min_snr_gamma: float = 0.0,
+    state: TrainState, batches: jax.Array, key: jax.Array, *, labels: jax.Array | None = None, **step_options
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """`train_step` on each of ``batches`` (S, B, H, W, C) in turn (and ``labels`` (S, B)),
     as one loop (``lax.scan``): the same result as S calls of `train_step`, in one
-    dispatch. Each metric has S entries, one per step."""
+    dispatch. ``step_options``: `train_step`'s keyword arguments (``model``, ``tx``,
+    ``schedule``, ``ema_decay``, ...). Each metric has S entries, one per step."""
 
     def body(state, xs):
         batch, batch_labels = xs
-        return train_step(
-            state, batch, key, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay, labels=batch_labels,
-            label_dropout=label_dropout, prediction=prediction, min_snr_gamma=min_snr_gamma,
-        )
+        return train_step(state, batch, key, labels=batch_labels, **step_options)
 
     return jax.lax.scan(body, state, (batches, labels))
 
