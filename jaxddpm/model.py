@@ -484,12 +484,10 @@ def make_conv_general_dilated(impl: str):
     1x1 convolutions as matrix products; anything else is XLA's.
     ``"auto"``: ``"cpu"`` when JAX's default backend is the CPU, else ``"xla"``. All compute the same function.
     """
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl {impl!r} is unknown; allowed: {', '.join(CONV_IMPLS)}")
+    use = _resolved(impl)
 
     def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                              dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-        use = _resolved(impl)
         stride = 0
         if use == "cpu" and not kwargs:
             stride = _tunable(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,

@@ -181,12 +181,18 @@ def torch_model(sizes: dict, device: str) -> reference.SimpleUNet:
     return model.to(device)
 
 
-def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> dict:
+def training_setup(sizes: dict, dtype=jnp.float32) -> tuple:
+    """jaxddpm's model, optimizer (the article's Adam), schedule, initial state and image
+    shape (H, W, C) for ``sizes``."""
     model = jax_model(sizes, dtype)
     schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
     tx = jd.make_optimizer(1e-3)
     shape = (sizes["image_size"], sizes["image_size"], sizes["image_channels"])
-    state = jd.create_train_state(model, tx, jax.random.key(0), shape)
+    return model, tx, schedule, jd.create_train_state(model, tx, jax.random.key(0), shape), shape
+
+
+def bench_jax_train(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> dict:
+    model, tx, schedule, state, shape = training_setup(sizes, dtype)
     x = jax.random.uniform(jax.random.key(1), (batch, *shape), minval=-1, maxval=1)
     step = jd.jit_train_step(model, tx, schedule, ema_decay=0.999)
     key = jax.random.key(2)
@@ -213,17 +219,13 @@ def train_program(sizes: dict, batch: int, steps: int, dtype=jnp.float32) -> tup
     """`jaxddpm train`'s compiled training program for ``steps`` steps per call (1: the
     loop-free program), gathering its batches from a resident uint8 dataset: returns
     (compiled, initial state, the arguments after the state, compile seconds)."""
-    model = jax_model(sizes, dtype)
-    schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
-    tx = jd.make_optimizer(1e-3)
-    s, c = sizes["image_size"], sizes["image_channels"]
+    model, tx, schedule, state, shape = training_setup(sizes, dtype)
     config = config_lib.apply_overrides(config_lib.load_config("flowers64"), {
         "model.channels": str(tuple(sizes["channels"])), "model.time_emb_dim": str(sizes["time_emb_dim"]),
-        "data.image_size": str(s), "data.channels": str(c),
+        "data.image_size": str(shape[0]), "data.channels": str(shape[2]),
         "diffusion.num_timesteps": str(sizes["num_timesteps"]), "train.batch_size": str(batch),
     })
-    state = jd.create_train_state(model, tx, jax.random.key(0), (s, s, c))
-    images = jax.random.randint(jax.random.key(1), (max(4 * batch, 64), s, s, c), 0, 256).astype(jnp.uint8)
+    images = jax.random.randint(jax.random.key(1), (max(4 * batch, 64), *shape), 0, 256).astype(jnp.uint8)
     args = (images, jnp.zeros((images.shape[0],), jnp.int32), jax.random.key(2), jax.random.key(3))
     args += (jnp.int32(steps),) if steps > 1 else ()
     t0 = time.perf_counter()
@@ -235,11 +237,7 @@ def functional_program(sizes: dict, batch: int, steps: int) -> tuple:
     """The functional API's compiled training program: `jaxddpm.jit_train_step` (``steps``
     = 1) or `jaxddpm.jit_train_steps` over ``steps`` stacked batches; returns what
     `train_program` does."""
-    model = jax_model(sizes)
-    schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
-    tx = jd.make_optimizer(1e-3)
-    shape = (sizes["image_size"], sizes["image_size"], sizes["image_channels"])
-    state = jd.create_train_state(model, tx, jax.random.key(0), shape)
+    model, tx, schedule, state, shape = training_setup(sizes)
     lead = (batch,) if steps == 1 else (steps, batch)
     args = (jax.random.uniform(jax.random.key(1), (*lead, *shape), minval=-1, maxval=1), jax.random.key(2))
     make = jd.jit_train_step if steps == 1 else jd.jit_train_steps

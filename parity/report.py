@@ -62,10 +62,14 @@ def sizes_for(state_dict: dict | None, size: str) -> checks.Sizes:
     )
 
 
+def model_options(args: argparse.Namespace) -> dict[str, str]:
+    """The jaxddpm forms chosen on the command line (`checks.run_checks`'s ``model_options``)."""
+    return dict(conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
+
+
 def forms(args: argparse.Namespace) -> dict[str, str]:
-    """The jaxddpm forms chosen on the command line that differ from the defaults."""
-    chosen = dict(conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
-    return {name: value for name, value in chosen.items() if value != getattr(SimpleUNet, name)}
+    """Those of `model_options` that differ from the defaults."""
+    return {name: value for name, value in model_options(args).items() if value != getattr(SimpleUNet, name)}
 
 
 def format_table(results) -> str:
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     try:
         sizes = sizes_for(state_dict, args.size)
         results = checks.run_checks(sizes, float64=args.float64, state_dict=state_dict, num_train_steps=args.steps, only=args.only, seed=args.seed,
-                                     model_options=dict(conv_impl=args.conv_impl, upsample_impl=args.upsample_impl))
+                                     model_options=model_options(args))
     except (ValueError, RuntimeError) as e:
         if state_dict is None:
             raise

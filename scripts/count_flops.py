@@ -25,13 +25,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--sample-batch", type=int, default=4)
     args = parser.parse_args()
-    size = bench.FULL["image_size"]
-    shape = (size, size, bench.FULL["image_channels"])
     for impl in ("xla", "cpu"):
-        model = bench.jax_model(dict(bench.FULL, conv_impl=impl, upsample_impl=jd.SimpleUNet.upsample_impl))
-        tx = jd.make_optimizer(1e-3)
-        state = jd.create_train_state(model, tx, jax.random.key(0), shape)
-        step = jd.jit_train_step(model, tx, jd.make_schedule(num_timesteps=bench.FULL["num_timesteps"]), ema_decay=0.999)
+        model, tx, schedule, state, shape = bench.training_setup(dict(bench.FULL, conv_impl=impl, upsample_impl=jd.SimpleUNet.upsample_impl))
+        step = jd.jit_train_step(model, tx, schedule, ema_decay=0.999)
         train = bench.jaxpr_flops(jax.make_jaxpr(step)(state, jnp.zeros((args.batch, *shape)), jax.random.key(1)))
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         x, t = jnp.zeros((args.sample_batch, *shape)), jnp.zeros((args.sample_batch,), jnp.int32)
