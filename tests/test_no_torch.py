@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -27,6 +29,20 @@ def test_training_modules_import_with_torch_blocked():
         "sys.meta_path.insert(0, Block())\n"
         "import jaxddpm, jaxddpm.cli, jaxddpm.trainer, jaxddpm.generate, jaxddpm.data\n"
         "assert 'torch' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_training_commands_do_not_load_torch_when_it_is_installed():
+    """`jaxddpm train`, `sample` and `eval` import these modules; with torch installed they
+    must still not load it (it costs seconds at every start)."""
+    pytest.importorskip("torch", reason="checks that an installed torch is not loaded")
+    code = (
+        "import sys\n"
+        "import jaxddpm, jaxddpm.cli, jaxddpm.trainer, jaxddpm.generate, jaxddpm.evaluate, jaxddpm.events\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not loaded, loaded[:5]\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
