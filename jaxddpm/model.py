@@ -219,6 +219,7 @@ CONV_IMPLS = ("auto", "xla", "cpu")
 _TAPS_MAX_PIXELS = 64
 _TAPS_MIN_WEIGHTS = 2**19
 _WINOGRAD_MAX_PIXELS = 32 * 32
+_WINOGRAD_MIN_CHANNELS = 64
 _S2_GEMM_MAX_PIXELS = 4 * 4
 _WINOGRAD_KERNEL_GRAD_PIXELS = (8 * 8, 16 * 16)
 _WINOGRAD_KERNEL_GRAD_MIN_WEIGHTS = 2**17
@@ -333,10 +334,13 @@ def _winograd_kernel_grad(x: jax.Array, dy: jax.Array, precision=None) -> jax.Ar
     return (gg @ du.reshape(16, -1)).reshape(3, 3, x.shape[-1], o)
 
 
-def _use_winograd(x_shape: Sequence[int], stride: int) -> bool:
+def _use_winograd(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> bool:
     """Where Winograd was measured faster than XLA:CPU's convolution in the sampling chain
-    (experiments/bench): images of at most 32x32 pixels."""
-    return stride == 1 and x_shape[1] * x_shape[2] <= _WINOGRAD_MAX_PIXELS
+    (experiments/bench): images of at most 32x32 pixels, at least 64 channels in and out
+    (with fewer, its tile transforms cost more than the multiplications it saves, and they
+    make a program several times slower to compile)."""
+    return (stride == 1 and x_shape[1] * x_shape[2] <= _WINOGRAD_MAX_PIXELS
+            and min(kernel_shape[2:]) >= _WINOGRAD_MIN_CHANNELS)
 
 
 def _use_winograd_kernel_grad(dy_shape: Sequence[int], kernel_shape: Sequence[int]) -> bool:
@@ -384,7 +388,7 @@ def _tuned_conv(x: jax.Array, kernel: jax.Array, stride: int, precision=None) ->
     # differentiation the forward pass stays XLA's: Winograd's different rounding in a
     # training step's forward pass measurably changed which small gradients flip sign
     # (python -m parity); the input gradient may use it (`_tuned_conv_bwd`).
-    if _use_winograd(x.shape, stride):
+    if _use_winograd(x.shape, kernel.shape, stride):
         return _winograd_conv3x3(x, _winograd_kernel(kernel), precision=precision).astype(x.dtype)
     return _conv(x, kernel, stride, precision)
 
@@ -418,7 +422,7 @@ def _grad_forms(stride: int, dy_shape: Sequence[int], kernel_shape: Sequence[int
     if stride == 2:  # the adjoint of this convolution is a transposed convolution
         return ("gemm" if pixels <= _S2_GEMM_MAX_PIXELS else "phases"), "xla"
     kernel_grad = "winograd" if _use_winograd_kernel_grad(dy_shape, kernel_shape) else "xla"
-    if _use_winograd(dy_shape, stride) and min(kernel_shape[2:]) >= _WINOGRAD_MIN_CHANNELS_INPUT_GRAD:
+    if _use_winograd(dy_shape, kernel_shape, stride) and min(kernel_shape[2:]) >= _WINOGRAD_MIN_CHANNELS_INPUT_GRAD:
         return "winograd", kernel_grad
     if pixels <= _TAPS_MAX_PIXELS and weights >= _TAPS_MIN_WEIGHTS:
         return "taps", kernel_grad

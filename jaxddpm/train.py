@@ -51,10 +51,18 @@ def state_from_variables(variables: PyTree, tx: optax.GradientTransformation) ->
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, int, int]
 ) -> TrainState:
-    """Initialise parameters, BatchNorm statistics, optimizer state and EMA for HxWxC images."""
-    x = jnp.zeros((1, *image_shape), model.param_dtype)
-    variables = model.init(key, x, jnp.zeros((1,), jnp.int32), train=False)
-    return state_from_variables(variables, tx)
+    """Initialise parameters, BatchNorm statistics, optimizer state and EMA for HxWxC images.
+
+    Compiled as one program: run op by op, initialising even a tiny model dispatches (and
+    compiles) hundreds of small operations."""
+
+    @jax.jit
+    def create(key):
+        x = jnp.zeros((1, *image_shape), model.param_dtype)
+        variables = model.init(key, x, jnp.zeros((1,), jnp.int32), train=False)
+        return state_from_variables(variables, tx)
+
+    return create(key)
 
 
 def global_norm(tree: PyTree) -> jax.Array:

@@ -124,6 +124,7 @@ class Setup:
     t: np.ndarray
     noise: np.ndarray
     num_train_steps: int = 3
+    cache: dict = dataclasses.field(default_factory=dict)  # results computed once for several checks
 
     @property
     def dtype(self):
@@ -223,9 +224,16 @@ def _copy_torch_model(s: Setup) -> reference.SimpleUNet:
 
 
 def check_forward(s: Setup) -> list[CheckResult]:
+    # Compiled, as training and sampling run the model (op by op, a forward pass of even the
+    # small model dispatches hundreds of separately compiled operations).
     x, t = jnp.asarray(s.x0), jnp.asarray(s.t)
-    eval_out = s.model.apply(s.variables, x, t, train=False)
-    train_out, _ = s.model.apply(s.variables, x, t, train=True, mutable=["batch_stats"])
+
+    @jax.jit
+    def both_modes(variables):
+        train_out, _ = s.model.apply(variables, x, t, train=True, mutable=["batch_stats"])
+        return s.model.apply(variables, x, t, train=False), train_out
+
+    eval_out, train_out = both_modes(s.variables)
     return [
         compare("forward, eval mode", eval_out, _torch_forward(s, False), s.tol("eval"), relative=s.float64),
         compare("forward, train mode", train_out, _torch_forward(s, True), s.tol("train"), relative=s.float64),
@@ -249,10 +257,17 @@ def _torch_loss(s: Setup, model) -> torch.Tensor:
     return reference.get_loss(model, nchw(s.x0), torch.from_numpy(s.t).long(), s.tables, nchw(s.noise))
 
 
+def _jax_loss_and_grads(s: Setup):
+    """The loss and its gradients at the setup's parameters, compiled once for both checks."""
+    if "loss_and_grads" not in s.cache:
+        s.cache["loss_and_grads"] = jax.jit(jax.value_and_grad(lambda p: _jax_loss(s, p)))(s.variables["params"])
+    return s.cache["loss_and_grads"]
+
+
 def check_loss(s: Setup) -> list[CheckResult]:
     model = _copy_torch_model(s).train()
     theirs = _torch_loss(s, model)
-    ours = _jax_loss(s, s.variables["params"])
+    ours, _ = _jax_loss_and_grads(s)
     return [compare("loss (train mode)", ours, theirs, s.tol("loss"), relative=True)]
 
 
@@ -271,7 +286,7 @@ def check_gradients(s: Setup) -> list[CheckResult]:
     model = _copy_torch_model(s).train()
     _torch_loss(s, model).backward()
     theirs = {k: p.grad for k, p in model.named_parameters()}
-    grads = jax.grad(lambda p: _jax_loss(s, p))(s.variables["params"])
+    _, grads = _jax_loss_and_grads(s)
     ours = _params_in_torch_layout(grads)
     if s.float64:
         return [compare(f"grad {k}", ours[k], theirs[k], s.tol("grad"), relative=True) for k in theirs]
@@ -369,7 +384,7 @@ def check_sampling(s: Setup, chain_steps: int = 8) -> list[CheckResult]:
     x_t, noise = jnp.asarray(s.x0), jnp.asarray(s.noise)
     t = np.array(s.t)
     t[0] = 0  # one element takes the final, noise-free step
-    ours = diffusion.p_sample_step(s.schedule, eps_fn(x_t, jnp.asarray(t)), x_t, jnp.asarray(t), noise)
+    ours = jax.jit(lambda x, t: diffusion.p_sample_step(s.schedule, eps_fn(x, t), x, t, noise))(x_t, jnp.asarray(t))
     theirs = reference.sample_timestep(model, nchw(s.x0), torch.from_numpy(t).long(), s.tables, nchw(s.noise))
     results = [compare("reverse step (t includes 0)", ours, nhwc(theirs), s.tol("eval"), relative=s.float64)]
 

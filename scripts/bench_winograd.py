@@ -2,13 +2,16 @@
 interleaved in one process.
 
     python scripts/bench_winograd.py [--batch 4] [--steps 300] [--reps 3] [--max-pixels 0,1024]
+    python scripts/bench_winograd.py --quickstart --batch 64 --min-channels 1,64
     python scripts/bench_winograd.py --train [--batch 16] [--reps 8]
 
 Each variant is jaxddpm's sampler (or jit-compiled train step) for the full-size model,
-64x64, conv_impl="auto", compiled with ``jaxddpm.model._WINOGRAD_MAX_PIXELS`` set to the
-given value (0: no Winograd; 1024: the default, images up to 32x32). Prints milliseconds
-per reverse step (or seconds per train step) and the largest difference between the
-variants' samples (or losses).
+64x64 (or with ``--quickstart`` the quickstart config's model, 16x16x1), conv_impl="auto",
+compiled with ``jaxddpm.model._WINOGRAD_MAX_PIXELS`` set to the given value (0: no
+Winograd; 1024: the default, images up to 32x32), or with ``--min-channels`` with
+``_WINOGRAD_MIN_CHANNELS`` set to each value (1: any width; 64: the default). Prints
+milliseconds per reverse step (or seconds per train step), each variant's compile time,
+and the largest difference between the variants' samples (or losses).
 """
 
 import argparse
@@ -32,20 +35,25 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-pixels", default="0,1024")
+    parser.add_argument("--min-channels", help="vary _WINOGRAD_MIN_CHANNELS over these values instead (sampling only)")
+    parser.add_argument("--quickstart", action="store_true", help="the quickstart model (sampling only)")
     args = parser.parse_args()
-    variants = [int(v) for v in args.max_pixels.split(",")]
+    constant, values = ("_WINOGRAD_MIN_CHANNELS", args.min_channels) if args.min_channels else ("_WINOGRAD_MAX_PIXELS", args.max_pixels)
+    variants = [int(v) for v in values.split(",")]
     if args.train:
         return train(args, variants)
     args.batch = args.batch or 4
-    model = jd.SimpleUNet()
+    model = jd.SimpleUNet(channels=(32, 64, 128), out_channels=1) if args.quickstart else jd.SimpleUNet()
     schedule = jd.make_schedule(num_timesteps=args.steps)
-    shape = (args.batch, 64, 64, 3)
+    shape = (args.batch, 16, 16, 1) if args.quickstart else (args.batch, 64, 64, 3)
     variables = model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((args.batch,), jnp.int32), train=False)
     key = jax.random.key(1)
-    compiled = {}
+    compiled, compile_s = {}, {}
     for v in variants:
-        model_lib._WINOGRAD_MAX_PIXELS = v  # read when the sampler is traced
+        setattr(model_lib, constant, v)  # read when the sampler is traced
+        start = time.perf_counter()
         compiled[v] = trainer.make_sampler(model, schedule, shape).lower(variables, key).compile()
+        compile_s[v] = time.perf_counter() - start
     samples = {v: np.asarray(compiled[v](variables, key)) for v in variants}  # also the warm-up
     times = {v: [] for v in variants}
     for _ in range(args.reps):
@@ -55,6 +63,7 @@ def main() -> int:
             times[v].append((time.perf_counter() - start) / args.steps * 1e3)
     result = {
         "command": " ".join(sys.argv), "device": jax.devices()[0].device_kind, "batch": args.batch, "steps": args.steps,
+        "constant": constant, "compile_s": {str(v): round(t, 2) for v, t in compile_s.items()},
         "ms_per_step": {str(v): {"median": float(np.median(t)), "min": float(np.min(t)), "all": [round(x, 2) for x in t]}
                         for v, t in times.items()},
         "max_abs_sample_difference": {str(v): float(np.abs(samples[v] - samples[variants[0]]).max()) for v in variants},
