@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import jaxddpm as jd
+from jaxddpm import diffusion
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +135,106 @@ def test_sample_matches_a_python_loop_of_steps():
 def test_sample_rejects_trajectory_steps_out_of_range():
     with pytest.raises(ValueError, match="trajectory step 11 is outside"):
         jd.sample(jd.make_schedule(num_timesteps=10), _toy_eps, jax.random.key(0), (1, 2, 2, 1), trajectory_steps=[11])
+
+
+# DDIM, x0 and v prediction and min-SNR weighting, on a short schedule with a smooth
+# stand-in for a trained noise predictor.
+SHAPE = (3, 8, 8, 2)
+
+
+@pytest.fixture(scope="module")
+def short_schedule():
+    return jd.make_schedule("linear", 40, 1e-3, 0.2)
+
+
+def fake_eps(x, t):
+    """A smooth, t-dependent stand-in for a trained noise predictor."""
+    return 0.5 * jnp.tanh(x) * (1.0 + t[:, None, None, None] / 40.0)
+
+
+@pytest.mark.parametrize("prediction", diffusion.PREDICTIONS)
+def test_prediction_targets_round_trip(short_schedule, prediction):
+    schedule = short_schedule
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x0 = jax.random.uniform(k1, SHAPE, minval=-1, maxval=1)
+    noise = jax.random.normal(k2, SHAPE)
+    t = jnp.array([0, 17, 39])
+    x_t = jd.q_sample(schedule, x0, t, noise)
+    target = diffusion.prediction_target(schedule, prediction, x0, t, noise)
+    x0_back, eps_back = diffusion.split_prediction(schedule, prediction, x_t, t, target)
+    np.testing.assert_allclose(x0_back, x0, atol=2e-4)
+    np.testing.assert_allclose(eps_back, noise, atol=2e-4)
+
+
+def test_min_snr_weights(short_schedule):
+    schedule = short_schedule
+    t = jnp.arange(40)
+    ratio = np.asarray(diffusion.snr(schedule, t))
+    for prediction, expected in [
+        ("eps", np.minimum(ratio, 5) / ratio),
+        ("x0", np.minimum(ratio, 5)),
+        ("v", np.minimum(ratio, 5) / (ratio + 1)),
+    ]:
+        np.testing.assert_allclose(diffusion.min_snr_weights(schedule, t, prediction, 5.0), expected, rtol=1e-5)
+    # A gamma above every SNR leaves noise prediction unweighted: the article's loss.
+    x0, noise, out = (jax.random.normal(jax.random.key(i), SHAPE) for i in range(3))
+    tt = jnp.array([1, 5, 30])
+    plain = diffusion.prediction_loss(schedule, out, x0, tt, noise)
+    assert float(plain) == float(jd.noise_mse(noise, out))
+    huge = diffusion.prediction_loss(schedule, out, x0, tt, noise, min_snr_gamma=1e9)
+    np.testing.assert_allclose(huge, plain, rtol=1e-6)
+
+
+def test_ddim_timesteps():
+    assert diffusion.ddim_timesteps(300, 300).tolist() == list(range(299, -1, -1))
+    ts = diffusion.ddim_timesteps(300, 50)
+    assert len(ts) == 50 and ts[0] == 299 and ts[-1] == 0 and np.all(np.diff(ts) < 0)
+    with pytest.raises(ValueError, match="DDIM steps must lie in"):
+        diffusion.ddim_timesteps(300, 301)
+
+
+def test_ddim_eta_one_full_steps_is_the_ancestral_step_in_mean_and_variance(short_schedule):
+    schedule = short_schedule
+    x = jax.random.normal(jax.random.key(1), SHAPE)
+    t = jnp.array([1, 20, 39])
+    eps = fake_eps(x, t)
+    zero, noise = jnp.zeros(SHAPE), jax.random.normal(jax.random.key(2), SHAPE)
+    mean = diffusion.ddim_step(schedule, x, t, t - 1, eps, zero, eta=1.0)
+    np.testing.assert_allclose(mean, jd.p_mean(schedule, eps, x, t), atol=1e-5)
+    std = (diffusion.ddim_step(schedule, x, t, t - 1, eps, noise, eta=1.0) - mean) / noise
+    expected = np.sqrt(np.asarray(schedule.posterior_variance)[np.asarray(t)])[:, None, None, None]
+    np.testing.assert_allclose(std, np.broadcast_to(expected, SHAPE), rtol=1e-3)
+    # Whole chains: with the same key, DDIM(T steps, eta = 1) retraces the ancestral sampler.
+    key = jax.random.key(3)
+    ancestral = jd.sample(schedule, fake_eps, key, SHAPE)
+    ddim = diffusion.ddim_sample(schedule, fake_eps, key, SHAPE, num_steps=40, eta=1.0)
+    np.testing.assert_allclose(ddim, ancestral, atol=1e-4)
+
+
+def test_ddim_eta_zero_is_deterministic_given_the_initial_noise(short_schedule):
+    schedule = short_schedule
+    x = jax.random.normal(jax.random.key(1), SHAPE)
+    t, t_prev = jnp.array([39, 20, 5]), jnp.array([30, 10, -1])
+    eps = fake_eps(x, t)
+    a = diffusion.ddim_step(schedule, x, t, t_prev, eps, jax.random.normal(jax.random.key(5), SHAPE), eta=0.0)
+    b = diffusion.ddim_step(schedule, x, t, t_prev, eps, jax.random.normal(jax.random.key(6), SHAPE), eta=0.0)
+    np.testing.assert_array_equal(a, b)
+    # Same initial noise, different keys (so different step noise): the same chain result.
+    x_T = jax.random.normal(jax.random.key(7), SHAPE)
+    run = lambda k, eta: diffusion.ddim_sample(schedule, fake_eps, jax.random.key(k), SHAPE, num_steps=10, eta=eta, x_T=x_T)  # noqa: E731
+    np.testing.assert_array_equal(run(8, 0.0), run(9, 0.0))
+    assert not np.allclose(run(8, 1.0), run(9, 1.0))  # with eta = 1 the step noise matters
+
+
+def test_fewer_ddim_steps_trace_the_model_once(short_schedule):
+    schedule = short_schedule
+    calls = []
+
+    def eps_fn(x, t):
+        calls.append(1)
+        return fake_eps(x, t)
+
+    run = jax.jit(lambda key: diffusion.ddim_sample(schedule, eps_fn, key, SHAPE, num_steps=7))
+    a = run(jax.random.key(0))
+    run(jax.random.key(1))
+    assert len(calls) == 1 and a.shape == SHAPE and np.all(np.isfinite(a))

@@ -33,10 +33,10 @@ def test_tiny_model_output_shape_equals_input_shape(impl):
     model = jd.SimpleUNet(**TINY, upsample_impl=impl)
     x = jnp.ones((2, 16, 16, 3))
     t = jnp.array([0, 299])
-    variables = model.init(jax.random.key(0), x, t, train=False)
-    y, updates = model.apply(variables, x, t, train=True, mutable=["batch_stats"])
+    variables = jax.jit(lambda k: model.init(k, x, t, train=False))(jax.random.key(0))
+    y, updates = jax.jit(lambda v: model.apply(v, x, t, train=True, mutable=["batch_stats"]))(variables)
     assert y.shape == x.shape
-    assert model.apply(variables, x, t, train=False).shape == x.shape
+    assert jax.jit(lambda v: model.apply(v, x, t, train=False))(variables).shape == x.shape
     assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
 
 
@@ -77,6 +77,7 @@ def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, input_grad)
     monkeypatch.setattr(model_lib, "_S2_GEMM_MAX_PIXELS", 2**40 if input_grad == "gemm" else 0)
     if input_grad == "winograd":  # also for this test's few channels
         monkeypatch.setattr(model_lib, "_WINOGRAD_MIN_CHANNELS_INPUT_GRAD", 1)
+        monkeypatch.setattr(model_lib, "_WINOGRAD_MIN_CHANNELS", 1)
     # the Winograd kernel gradient (with XLA's input gradient) only in its own case
     monkeypatch.setattr(model_lib, "_WINOGRAD_KERNEL_GRAD_PIXELS", (1, 2**40) if input_grad == "winograd-kernel-grad" else (0, 0))
     monkeypatch.setattr(model_lib, "_WINOGRAD_KERNEL_GRAD_MIN_WEIGHTS", 1)
@@ -109,10 +110,10 @@ def test_cpu_convolution_gradients_equal_autodiff(monkeypatch, case, input_grad)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 5, 7), (1, 7, 5, 3, 4), (3, 32, 32, 6, 2), (1, 3, 3, 2, 2)])
-def test_winograd_convolution_equals_xla(shape):
-    """F(2x2, 3x3) Winograd (conv_impl="cpu" outside differentiation, up to 32x32 pixels),
-    odd sizes included, its flipped form (the input gradient) and its kernel gradient,
-    against XLA."""
+def test_winograd_convolution_equals_xla(shape, monkeypatch):
+    """F(2x2, 3x3) Winograd (conv_impl="cpu" outside differentiation, up to 32x32 pixels and
+    from 64 channels), odd sizes included, its flipped form (the input gradient) and its
+    kernel gradient, against XLA."""
     b, h, w, c, o = shape
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(k1, (b, h, w, c))
@@ -128,23 +129,26 @@ def test_winograd_convolution_equals_xla(shape):
                                                                    precision="highest"), kernel)
     np.testing.assert_allclose(model_lib._winograd_kernel_grad(x, dy), kernel_vjp(dy)[0], atol=1e-4, rtol=1e-5)
     conv = model_lib.make_conv_general_dilated("cpu")
-    jaxpr = str(jax.make_jaxpr(lambda x: conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims))(x))
-    assert "conv_general_dilated" not in jaxpr  # Winograd ran
+    jaxpr = lambda x: str(jax.make_jaxpr(lambda x: conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims))(x))  # noqa: E731
+    assert "conv_general_dilated" in jaxpr(x)  # fewer than 64 channels: XLA's convolution
+    monkeypatch.setattr(model_lib, "_WINOGRAD_MIN_CHANNELS", min(c, o))
+    assert "conv_general_dilated" not in jaxpr(x)  # Winograd ran
     big = jnp.zeros((1, 64, 32, c))  # more than 32x32 pixels: XLA's convolution
-    assert "conv_general_dilated" in str(jax.make_jaxpr(lambda x: conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims))(big))
+    assert "conv_general_dilated" in jaxpr(big)
 
 
+@pytest.mark.slow
 def test_conv_impls_give_the_same_model_and_gradients():
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
     t = jnp.array([3, 250])
     models = {impl: jd.SimpleUNet(**TINY, conv_impl=impl) for impl in CONV_IMPLS}
-    variables = models["xla"].init(jax.random.key(0), x, t, train=False)
+    variables = jax.jit(lambda k: models["xla"].init(k, x, t, train=False))(jax.random.key(0))
     grads = {}
     for impl, model in models.items():
         def loss(params):
             out, _ = model.apply({**variables, "params": params}, x, t, train=True, mutable=["batch_stats"])
             return jnp.mean(out**2)
-        grads[impl] = jax.grad(loss)(variables["params"])
+        grads[impl] = jax.jit(jax.grad(loss))(variables["params"])  # compiled, as training runs it
     for impl in ("auto", "cpu"):
         chex.assert_trees_all_close(grads[impl], grads["xla"], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="allowed: auto, xla, cpu"):
@@ -179,9 +183,9 @@ def test_batchnorm_follows_pytorch_conventions():
 def test_model_runs_in_bfloat16_with_float32_params():
     model = jd.SimpleUNet(**TINY, dtype=jnp.bfloat16)
     x = jnp.ones((2, 16, 16, 3))
-    variables = model.init(jax.random.key(0), x, jnp.array([1, 2]), train=False)
+    variables = jax.jit(lambda k: model.init(k, x, jnp.array([1, 2]), train=False))(jax.random.key(0))
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
-    y, _ = model.apply(variables, x, jnp.array([1, 2]), train=True, mutable=["batch_stats"])
+    y, _ = jax.jit(lambda v: model.apply(v, x, jnp.array([1, 2]), train=True, mutable=["batch_stats"]))(variables)
     assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y)))
 
 
@@ -204,6 +208,7 @@ def test_upsample_gradients_match_plain_autodiff():
         jd.conv_transpose_4x4_s2(x, kernel, "phases", "cudnn")
 
 
+@pytest.mark.slow
 def test_cpu_convolutions_stay_canonical_inside_a_training_loop():
     """XLA:CPU runs a convolution fast only in canonical form (NHWC input, HWIO kernel) and
     rewrites other forms only outside loops; conv_impl="cpu" writes its gradient

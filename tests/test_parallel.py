@@ -45,7 +45,10 @@ for workdir, mode in zip(sys.argv[1::2], sys.argv[2::2]):
 
 
 def env_with_devices(n: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+    # The test process's own XLA flags too (tests/conftest.py), so that both sides of each
+    # comparison are compiled alike.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
     return env
 
@@ -91,6 +94,7 @@ def reference(tmp_path_factory):
     return dict(state=first, losses=first_losses, resumed=second, resumed_losses=losses(workdir), initial=initial)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(reference, tmp_path):
     runs = {mode: str(tmp_path / mode) for mode in ("replicated", "fsdp")}
     argv = [arg for mode, workdir in runs.items() for arg in (workdir, mode)]
@@ -112,6 +116,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_in_one_process(reference, tmp_path):
     workdir = str(tmp_path / "run")
     argv = ["train", "--workdir", workdir, *tiny_argv(**RUN), "--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +27,10 @@ def assert_same_state(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_damaged_newest_checkpoint_is_set_aside_and_resume_uses_the_previous(tmp_path):
-    straight = train_and_evaluate(tiny_config(train__num_steps=6), str(tmp_path / "straight"))
+def test_damaged_newest_checkpoint_is_set_aside_and_resume_uses_the_previous(tiny_run, tiny_run_6_steps, tmp_path):
+    straight = tiny_run_6_steps
     workdir = str(tmp_path / "run")
-    train_and_evaluate(tiny_config(train__num_steps=4), workdir)
+    shutil.copytree(tiny_run, workdir)  # a finished 4-step run
     assert checkpoint_steps(workdir)[-2:] == [2, 4]
     damaged = 0
     for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "4")):
@@ -97,6 +98,7 @@ def _wait_for_training(workdir, proc, timeout=120):
     raise AssertionError(f"training did not progress: {proc.communicate()}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_checkpoint_then_exit(tmp_path, sig):
     workdir = str(tmp_path / "run")
@@ -126,6 +128,7 @@ def _kill_when(workdir, proc, moment, rng, timeout=120):
     proc.communicate(timeout=60)
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_loses_nothing(tmp_path):
     """5 SIGKILLs (3 at random moments, 2 during a checkpoint write), each followed by the
     same command; the finished run must equal an uninterrupted one bit for bit."""
@@ -190,6 +193,7 @@ def tmpfs(tmp_path):
         ("size=300k", "No space left on device"),
     ],
 )
+@pytest.mark.slow
 def test_read_only_or_full_workdir_stderr_is_one_line(tmpfs, options, message):
     """The whole stderr of the command is one line, and the exit code is 1."""
     target = tmpfs(options)

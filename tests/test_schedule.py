@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxddpm as jd
-from jaxddpm.schedule import tables_from_betas
+from jaxddpm.schedule import COSINE_MAX_BETA, COSINE_OFFSET, tables_from_betas
 
 
 def closed_forms(T=300, start=1e-4, end=0.02):
@@ -109,3 +109,22 @@ def test_schedule_is_a_pytree_usable_under_jit():
 def test_make_schedule_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         jd.make_schedule(**kwargs)
+
+
+def test_cosine_schedule_matches_its_closed_form():
+    T = 300
+    s = jd.make_schedule("cosine", T)
+    f = lambda t: np.cos((t / T + COSINE_OFFSET) / (1 + COSINE_OFFSET) * np.pi / 2) ** 2  # noqa: E731
+    betas = np.minimum(1 - f(np.arange(1, T + 1)) / f(np.arange(T)), COSINE_MAX_BETA)
+    np.testing.assert_allclose(np.asarray(s.betas), betas, rtol=1e-6)
+    unclipped = betas < COSINE_MAX_BETA
+    abar = f(np.arange(1, T + 1)) / f(0)
+    np.testing.assert_allclose(np.asarray(s.alphas_cumprod)[unclipped], abar[unclipped], rtol=1e-5, atol=1e-9)
+    assert float(s.betas[-1]) == pytest.approx(COSINE_MAX_BETA)  # the last step is clipped
+
+
+def test_quadratic_and_sigmoid_schedules():
+    q = np.asarray(jd.make_schedule("quadratic", 10, 1e-4, 0.02).betas, np.float64)
+    np.testing.assert_allclose(np.sqrt(q), np.linspace(1e-2, np.sqrt(0.02), 10), rtol=1e-6)
+    sg = np.asarray(jd.make_schedule("sigmoid", 101, 1e-4, 0.02).betas, np.float64)
+    assert np.all(np.diff(sg) > 0) and sg[50] == pytest.approx((1e-4 + 0.02) / 2, rel=1e-5)

@@ -1,10 +1,14 @@
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxddpm as jd
+from jaxddpm.trainer import make_sampler
 
 TINY = dict(channels=(8, 16, 32), out_channels=1, time_emb_dim=16)
 
@@ -20,6 +24,13 @@ def setup():
     return model, tx, schedule, state, batch
 
 
+def compiled_step(model, tx, schedule, decay):
+    """`jd.train_step` compiled without donating the state (op by op, one step of even this
+    small model dispatches hundreds of separately compiled operations)."""
+    return jax.jit(functools.partial(jd.train_step, model=model, tx=tx, schedule=schedule, ema_decay=decay))
+
+
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch(setup):
     model, tx, schedule, state, batch = setup
     step = jd.jit_train_step(model, tx, schedule, ema_decay=0.99)
@@ -49,7 +60,7 @@ def test_step_counter_and_ema_follow_their_formulas(setup):
     model, tx, schedule, state, batch = setup
     state = jax.tree.map(jnp.copy, state)
     decay = 0.9
-    new, metrics = jd.train_step(state, batch, jax.random.key(2), model=model, tx=tx, schedule=schedule, ema_decay=decay)
+    new, metrics = compiled_step(model, tx, schedule, decay)(state, batch, jax.random.key(2))
     assert int(new.step) == int(state.step) + 1
     expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, new.params)
     chex.assert_trees_all_close(new.ema_params, expected, atol=1e-7)
@@ -61,10 +72,10 @@ def test_step_counter_and_ema_follow_their_formulas(setup):
 
 def test_train_step_randomness_comes_from_key_and_step(setup):
     model, tx, schedule, state, batch = setup
-    kw = dict(model=model, tx=tx, schedule=schedule, ema_decay=0.9)
-    a, ma = jd.train_step(state, batch, jax.random.key(3), **kw)
-    b, mb = jd.train_step(state, batch, jax.random.key(3), **kw)
-    c, mc = jd.train_step(state, batch, jax.random.key(4), **kw)
+    step = compiled_step(model, tx, schedule, 0.9)
+    a, ma = step(state, batch, jax.random.key(3))
+    b, mb = step(state, batch, jax.random.key(3))
+    c, mc = step(state, batch, jax.random.key(4))
     assert float(ma["loss"]) == float(mb["loss"])
     assert float(ma["loss"]) != float(mc["loss"])
 
@@ -82,6 +93,7 @@ def test_train_step_compiles_once(setup):
     assert int(state.step) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "labels"])
 def test_train_steps_loop_equals_single_steps(setup, conditional):
     """jit_train_steps over a stack of S batches ends where S calls of jit_train_step do,
@@ -110,3 +122,35 @@ def test_train_steps_loop_equals_single_steps(setup, conditional):
     if not conditional:  # the compiled, donating wrapper runs the same loop
         donated, _ = jd.jit_train_steps(model, tx, schedule, ema_decay=0.9)(jax.tree.map(jnp.copy, state), batches, key)
         chex.assert_trees_all_close(donated, got, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_a_conditional_model_learns_to_separate_two_classes():
+    """Class 0: bright top half; class 1: bright bottom half. After training, samples drawn
+    for each label must show their class's bright half (a simple classifier on samples)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 512).astype(np.int32)
+    images = np.full((512, 8, 8, 1), -0.8, np.float32)
+    images[labels == 0, :4] = 0.8
+    images[labels == 1, 4:] = 0.8
+    images += rng.normal(0, 0.05, images.shape).astype(np.float32)
+
+    schedule = jd.make_schedule("linear", 50, 1e-3, 0.2)
+    model = jd.SimpleUNet(channels=(16, 32), out_channels=1, time_emb_dim=16, num_classes=2)
+    tx = optax.adam(2e-3)
+    state = jd.create_train_state(model, tx, jax.random.key(0), (8, 8, 1))
+    step = jax.jit(
+        lambda s, i, k: jd.train_step(
+            s, jnp.asarray(images)[i], k, model=model, tx=tx, schedule=schedule, ema_decay=0.9,
+            labels=jnp.asarray(labels)[i], label_dropout=0.1,
+        )
+    )
+    key = jax.random.key(1)
+    for n in range(400):
+        state, _ = step(state, rng.integers(0, 512, 32), key)
+    wanted = jnp.array([0, 1] * 16)
+    sampler = make_sampler(model, schedule, (32, 8, 8, 1), guidance=2.0)
+    samples = np.asarray(sampler({"params": state.params, "batch_stats": state.batch_stats}, jax.random.key(2), wanted))
+    predicted = (samples[:, 4:].mean(axis=(1, 2, 3)) > samples[:, :4].mean(axis=(1, 2, 3))).astype(int)
+    accuracy = np.mean(predicted == np.asarray(wanted))
+    assert accuracy >= 0.9, accuracy

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from jaxddpm import xla_flags
 
 FLAG = xla_flags.CPU_FLAGS[0]
@@ -24,6 +26,7 @@ def _in_effect(env: dict) -> str:
     return proc.stdout.strip()
 
 
+@pytest.mark.slow
 def test_import_sets_the_flag_before_jax_starts_and_can_be_turned_off():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT)}
     supported = xla_flags.jaxlib_version() >= xla_flags.MIN_JAXLIB

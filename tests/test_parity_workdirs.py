@@ -3,14 +3,16 @@
 import os
 
 import numpy as np
-import torch
+import pytest
+
+torch = pytest.importorskip("torch", reason="conversion to and from the PyTorch model needs PyTorch (pip install -e '.[parity]')")
+pytestmark = pytest.mark.torch
 
 from jaxddpm import cli
-from jaxddpm.trainer import train_and_evaluate
 from parity import convert, reference
-from tests.helpers import tiny_config
 
 
+@pytest.mark.slow
 def test_torch_checkpoint_to_workdir_then_sample_and_back(tmp_path, capsys):
     torch.manual_seed(0)
     model = reference.SimpleUNet(image_channels=3, channels=(8, 16, 32), out_channels=3, time_emb_dim=16)
@@ -30,9 +32,8 @@ def test_torch_checkpoint_to_workdir_then_sample_and_back(tmp_path, capsys):
             assert torch.equal(v, reloaded.state_dict()[k]), k
 
 
-def test_trained_workdir_exports_to_the_article_model(tmp_path):
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(tiny_config(), workdir)
+def test_trained_workdir_exports_to_the_article_model(tiny_run, tmp_path):
+    workdir = tiny_run
     out = tmp_path / "model.pt"
     assert cli.main(["convert", "--to-torch", workdir, "--out", str(out)]) == 0
     model = reference.SimpleUNet(image_channels=1, channels=(4, 8), out_channels=1, time_emb_dim=8)
@@ -49,9 +50,8 @@ def test_wrong_model_checkpoint_is_refused_without_writing(tmp_path, capsys):
     assert not workdir.exists()
 
 
-def test_existing_outputs_are_never_overwritten(tmp_path, capsys):
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(tiny_config(), workdir)
+def test_existing_outputs_are_never_overwritten(tiny_run, tmp_path, capsys):
+    workdir = tiny_run
     out = tmp_path / "model.pt"
     out.write_bytes(b"precious")
     assert cli.main(["convert", "--to-torch", workdir, "--out", str(out)]) == 2

@@ -1,0 +1,120 @@
+"""The ``jaxddpm`` command line end to end: its outputs, its options, and one-line errors
+for bad input that write nothing."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxddpm import cli
+from tests.helpers import tiny_argv
+
+
+def test_sample_writes_a_grid_and_npz(tiny_run, tmp_path, capsys):
+    workdir = tiny_run
+    out = str(tmp_path / "s.png")
+    assert cli.main(["sample", "--workdir", workdir, "--num", "6", "--seed", "3", "--out", out]) == 0
+    samples = np.load(str(tmp_path / "s.npz"))["samples"]
+    assert samples.shape == (6, 8, 8, 1) and np.all(np.isfinite(samples))
+    assert Image.open(out).size[0] > 0
+    # Never overwrite: the same --out again is refused.
+    assert cli.main(["sample", "--workdir", workdir, "--num", "6", "--out", out]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_incompatible_workdir_is_refused_and_untouched(tiny_run, capsys):
+    workdir = tiny_run
+    before = {p: os.path.getmtime(os.path.join(r, p)) for r, _, ps in os.walk(workdir) for p in ps}
+    code = cli.main(["train", "--workdir", workdir] + tiny_argv(**{"model.channels": "(4, 16)"}))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoints of an incompatible config (model.channels [4, 8] -> [4, 16])" in err
+    after = {p: os.path.getmtime(os.path.join(r, p)) for r, _, ps in os.walk(workdir) for p in ps}
+    assert before == after
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config", "nope"], "unknown config 'nope'"),
+        (["--config.train.nope=1"], "unknown config key 'train.nope'"),
+        (["--config.train.batch_size=abc"], "is not a valid int"),
+        (["--config.diffusion.num_timesteps=0"], "num_timesteps must be a positive integer"),
+        (["--config.diffusion.beta_end=2"], "betas must lie in (0, 1)"),
+        (["--config.data.image_size=17"], "cannot be halved"),
+        (["--config.train.batch_size=-1"], "train.batch_size must be positive"),
+        (["--config.data.source=folder", "--config.data.path=/nonexistent/dir"], "is not a readable directory"),
+        (["--config.train.batch_size=5000"], "exceeds the dataset's 1500 images"),
+        (["--oops"], "unrecognised argument '--oops'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
+    workdir = tmp_path / "run"
+    code = cli.main(["train", "--workdir", str(workdir)] + argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert not workdir.exists()
+
+
+def test_empty_folder_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = cli.main(["train", "--workdir", str(tmp_path / "run"), "--config.data.source=folder", f"--config.data.path={tmp_path / 'empty'}"])
+    assert code == 2 and "holds no readable images" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("setup", ["missing", "empty"])
+def test_sample_on_missing_or_empty_workdir(tmp_path, capsys, setup):
+    workdir = tmp_path / "w"
+    if setup == "empty":
+        workdir.mkdir()
+    assert cli.main(["sample", "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: workdir") and err.count("\n") == 1
+
+
+def test_cli_subprocess_prints_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxddpm.cli", "train", "--workdir", str(tmp_path / "w"), "--config.train.num_steps=-3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "train.num_steps" in proc.stderr
+
+
+@pytest.mark.slow
+def test_every_option_end_to_end_from_the_command_line(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    options = dict(
+        model__name="ddpm_unet", model__base_channels="8", model__channel_mult="(1, 2)", model__num_res_blocks="1",
+        model__attention_resolutions="(4,)", model__norm_groups="4", model__num_classes="10",
+        diffusion__schedule="cosine", diffusion__prediction="v", diffusion__min_snr_gamma="5.0",
+        sample__sampler="ddim", sample__steps="4", sample__guidance="2.0",
+    )
+    assert cli.main(["train", "--workdir", workdir, *tiny_argv(**options)]) == 0
+    out = str(tmp_path / "seven.png")
+    argv = ["sample", "--workdir", workdir, "--num", "4", "--sampler", "ddim", "--steps", "5", "--guidance", "3.0", "--label", "7", "--out", out]
+    assert cli.main(argv) == 0
+    saved = np.load(out.replace(".png", ".npz"))
+    assert saved["samples"].shape == (4, 8, 8, 1) and saved["labels"].tolist() == [7] * 4
+    assert cli.main(["sample", "--workdir", workdir, "--num", "2", "--sampler", "ancestral", "--out", str(tmp_path / "a.png")]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", "--workdir", workdir, "--sampler", "ddim", "--steps", "500", "--out", str(tmp_path / "b.png")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --steps=500 must lie in [1, 10] (diffusion.num_timesteps)"
+    assert cli.main(["sample", "--workdir", workdir, "--label", "10", "--out", str(tmp_path / "c.png")]) == 2
+    assert "must lie in [0, 10)" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()
+
+
+def test_a_conditional_model_needs_labelled_data(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    argv = tiny_argv(data__source="folder", data__holdout=0, data__path=str(folder), model__num_classes="3")
+    assert cli.main(["train", "--workdir", str(tmp_path / "run"), *argv]) == 2
+    assert "model.num_classes=3 needs labels in [0, 3) but the dataset has no labels; set model.num_classes=0" in capsys.readouterr().err
