@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from jaxddpm.data import to_model_range
+from jaxddpm.files import atomic_write
 
 
 TRAIN_STEPS = 1500  # Adam steps of the classifier
@@ -89,10 +90,8 @@ def cached_classifier(images_u8: np.ndarray, labels: np.ndarray, num_classes: in
     params = train_classifier(images_u8, labels, num_classes)
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:
             f.write(flax.serialization.to_bytes(params))
-        os.replace(tmp, path)
     except OSError:
         pass
     return params

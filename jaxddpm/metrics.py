@@ -16,6 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg
 
+from jaxddpm.files import atomic_write
+
 FeatureFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -66,9 +68,8 @@ def reference_statistics(
     mu, sigma = feature_statistics(batched_features(feature_fn, images_u8))
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}.npz"
-        np.savez(tmp, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma)
     except OSError:
         pass  # the cache is an optimisation
     return mu, sigma

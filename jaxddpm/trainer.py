@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxddpm import checkpoint, config as config_lib, data, diffusion, images, parallel
 from jaxddpm.events import EventLog
+from jaxddpm.files import atomic_write
 from jaxddpm.model import SimpleUNet
 from jaxddpm.unet import DDPMUNet
 from jaxddpm.schedule import Schedule, make_schedule
@@ -66,10 +67,8 @@ def _truncate_metrics(path: str, last_step: int) -> None:
         return
     with open(path) as f:
         rows = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         f.writelines(rows)
-    os.replace(tmp, path)
 
 
 def build_model(config: ml_collections.ConfigDict) -> SimpleUNet | DDPMUNet:
@@ -257,13 +256,6 @@ def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
     return config.train.num_epochs * (num_examples // config.train.batch_size)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _stop_requested(stop: dict, at_sync_point: bool) -> bool:
     """Whether to checkpoint and stop now. With several processes, all must stop at the
     same step, so the flag is only consulted (and agreed on) where metrics were just read."""
@@ -367,7 +359,8 @@ def train_and_evaluate(
     main = parallel.is_main_process()  # process 0 writes everything but the checkpoints
     os.makedirs(workdir, exist_ok=True)
     if main:
-        _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
+        with atomic_write(os.path.join(workdir, "config.json")) as f:
+            f.write(config_lib.to_json(config))
 
     model, schedule = build_model(config), build_schedule(config)
     tx = make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
