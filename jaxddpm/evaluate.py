@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxddpm import classifier, data, diffusion, likelihood, metrics, trainer
+from jaxddpm.files import atomic_write
 from jaxddpm.generate import load_workdir, sample_images
 from jaxddpm.train import TrainState
 
@@ -147,9 +148,8 @@ def evaluate(
             out_dir = os.path.join(workdir, "eval")
             os.makedirs(out_dir, exist_ok=True)
             path = os.path.join(out_dir, f"{name}_step{step}{'_fresh' if fresh else ''}_seed{seed}.json")
-            with open(path + ".tmp", "w") as f:
+            with atomic_write(path) as f:
                 json.dump(result, f, indent=1)
-            os.replace(path + ".tmp", path)
             result["path"] = path
     return results
 
@@ -163,9 +163,11 @@ def inception_feature_fn() -> metrics.FeatureFn:
     PyTorch's hub cache (``~/.cache/torch/hub/checkpoints``).
     """
     try:
-        from parity.inception import load_fid_inception
+        from parity.inception import WeightsNotFound, load_fid_inception
 
         return load_fid_inception(os.environ.get("JAXDDPM_INCEPTION_WEIGHTS", ""))
-    except ImportError as e:
+    except ImportError as e:  # PyTorch, pytorch-fid, or the parity package itself
         raise EvalError(f"FID needs PyTorch and pytorch-fid ({e}); install them with: pip install 'jaxddpm[fid]'") from None
+    except WeightsNotFound as e:  # (only reached once the import above succeeded)
+        raise EvalError(str(e)) from None
 

@@ -19,6 +19,10 @@ HOW_TO_GET = (
 )
 
 
+class WeightsNotFound(FileNotFoundError):
+    """The Inception weights file is not where it was looked for (the message says how to get it)."""
+
+
 def find_weights(path: str = "") -> str:
     import torch
 
@@ -26,9 +30,7 @@ def find_weights(path: str = "") -> str:
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
-    from jaxddpm.evaluate import EvalError
-
-    raise EvalError(f"the FID Inception weights were not found at {candidates[0]}; {HOW_TO_GET}")
+    raise WeightsNotFound(f"the FID Inception weights were not found at {candidates[0]}; {HOW_TO_GET}")
 
 
 def load_fid_inception(path: str = ""):
