@@ -7,7 +7,7 @@ Every function takes the `Schedule` first and receives its randomness as an argu
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ from jaxddpm.schedule import Schedule, extract
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 PREDICTIONS = ("eps", "x0", "v")  # what a model's output estimates
+T = TypeVar("T")
 
 
 def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
@@ -68,28 +69,29 @@ def x0_eps_from_v(schedule: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array
     return a * x_t - s * v, s * x_t + a * v
 
 
+def for_prediction(prediction: str, *, eps: Callable[[], T], x0: Callable[[], T], v: Callable[[], T]) -> T:
+    """The case of ``prediction`` (one of `PREDICTIONS`), computed: ``eps()``, ``x0()`` or ``v()``."""
+    cases = {"eps": eps, "x0": x0, "v": v}
+    if prediction not in cases:
+        raise ValueError(f"prediction {prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+    return cases[prediction]()
+
+
 def split_prediction(
     schedule: Schedule, prediction: str, x_t: jax.Array, t: jax.Array, output: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """(x0, eps) implied by a model ``output`` that estimates ``prediction`` at (x_t, t)."""
-    if prediction == "eps":
-        return predict_x0_from_eps(schedule, x_t, t, output), output
-    if prediction == "x0":
-        return output, predict_eps_from_x0(schedule, x_t, t, output)
-    if prediction == "v":
-        return x0_eps_from_v(schedule, x_t, t, output)
-    raise ValueError(f"prediction {prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+    return for_prediction(
+        prediction,
+        eps=lambda: (predict_x0_from_eps(schedule, x_t, t, output), output),
+        x0=lambda: (output, predict_eps_from_x0(schedule, x_t, t, output)),
+        v=lambda: x0_eps_from_v(schedule, x_t, t, output),
+    )
 
 
 def prediction_target(schedule: Schedule, prediction: str, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
     """What a model predicting ``prediction`` should output for x_t = q_sample(x0, t, noise)."""
-    if prediction == "eps":
-        return noise
-    if prediction == "x0":
-        return x0
-    if prediction == "v":
-        return v_from_x0_eps(schedule, x0, t, noise)
-    raise ValueError(f"prediction {prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+    return for_prediction(prediction, eps=lambda: noise, x0=lambda: x0, v=lambda: v_from_x0_eps(schedule, x0, t, noise))
 
 
 def as_eps_fn(schedule: Schedule, prediction: str, model_fn: EpsFn) -> EpsFn:
@@ -114,13 +116,7 @@ def min_snr_weights(schedule: Schedule, t: jax.Array, prediction: str, gamma: fl
     """
     ratio = snr(schedule, t)
     clipped = jnp.minimum(ratio, gamma)
-    if prediction == "eps":
-        return clipped / ratio
-    if prediction == "x0":
-        return clipped
-    if prediction == "v":
-        return clipped / (ratio + 1.0)
-    raise ValueError(f"prediction {prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
+    return for_prediction(prediction, eps=lambda: clipped / ratio, x0=lambda: clipped, v=lambda: clipped / (ratio + 1.0))
 
 
 def prediction_loss(
