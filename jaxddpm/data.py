@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from jaxddpm.config import DATA_SOURCES
+from jaxddpm.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -130,10 +132,8 @@ def load_tfds(
 def _save_atomically(path: str, dataset: ImageDataset) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, "wb") as f:
             np.savez(f, images=dataset.images, labels=dataset.labels, num_classes=dataset.num_classes)
-        os.replace(tmp, path)
     except OSError:
         pass  # the cache is an optimisation; an unwritable cache directory is not an error
 
@@ -172,7 +172,7 @@ def load_dataset(data_config) -> ImageDataset:
         return load_folder(d.path, d.image_size, d.channels)
     if d.source == "tfds":
         return load_tfds(d.name, d.splits, d.data_dir, d.image_size, d.channels, d.download, d.cache_dir)
-    raise DataError(f"data.source={d.source!r} is unknown; allowed: tfds, digits, folder")
+    raise DataError(f"data.source={d.source!r} is unknown; allowed: {', '.join(DATA_SOURCES)}")
 
 
 def to_model_range(images_uint8: jax.Array, dtype=jnp.float32) -> jax.Array:
