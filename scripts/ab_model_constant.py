@@ -22,7 +22,7 @@ import numpy as np
 
 import jaxddpm as jd
 from jaxddpm import model as model_lib
-from parity import bench
+from jaxddpm import profiling
 
 
 def main() -> int:
@@ -39,17 +39,17 @@ def main() -> int:
     default = getattr(model_lib, args.name)
     variants = {"default " + repr(default): default}
     variants.update({v: ast.literal_eval(v) for v in args.values})
-    sizes = dict(bench.FULL, conv_impl="auto", upsample_impl=jd.SimpleUNet.upsample_impl)
+    sizes = dict(profiling.FULL, conv_impl="auto", upsample_impl=jd.SimpleUNet.upsample_impl)
     runs, losses = {}, {}
     for label, value in variants.items():
         setattr(model_lib, args.name, value)  # read when the program is traced
-        compiled, state, call_args, compile_s = bench.train_program(sizes, args.batch, args.steps_per_call)
+        compiled, state, call_args, compile_s = profiling.train_program(sizes, args.batch, args.steps_per_call)
         state, metrics = compiled(state, *call_args)  # warm-up
         losses[label] = float(np.asarray(metrics["loss"]).ravel()[0])
-        runs[label] = bench.program_runner(compiled, state, call_args)
+        runs[label] = profiling.program_runner(compiled, state, call_args)
         print(f"{args.name} = {label}: compiled in {compile_s:.1f} s", flush=True)
     setattr(model_lib, args.name, default)
-    times = bench.time_interleaved(runs, args.reps)
+    times = profiling.time_interleaved(runs, args.reps)
     result = {
         "command": " ".join(sys.argv), "device": jax.devices()[0].device_kind, "batch": args.batch,
         "steps_per_call": args.steps_per_call,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 import jaxddpm  # noqa: F401  (its XLA:CPU flags, before JAX's first computation)
 from jaxddpm import model as model_lib
-from parity import bench
+from jaxddpm import profiling
 
 LOOP = 8
 
@@ -50,7 +50,7 @@ def looped(fn):
 
 def time_ms(fn, args, reps: int) -> float:
     """Milliseconds per evaluation: the fastest of ``reps`` calls after a warm-up."""
-    return bench.timed(lambda: jax.block_until_ready(fn(*args)), reps)["min_s"] / LOOP * 1e3
+    return profiling.timed(lambda: jax.block_until_ready(fn(*args)), reps)["min_s"] / LOOP * 1e3
 
 
 def main() -> int:

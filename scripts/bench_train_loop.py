@@ -3,11 +3,11 @@ conv_impl), interleaved in one process.
 
     python scripts/bench_train_loop.py [--steps-per-call 1,8] [--conv-impls auto] [--reps 3] [--small | --quick] [--functional]
 
-Each variant is `parity.bench.train_program` (`jaxddpm.trainer.make_train_step`) for the
+Each variant is `parity.profiling.train_program` (`jaxddpm.trainer.make_train_step`) for the
 full-size model (``--small``: channels 16-256 on 32x32 images), batch 16, gathering its
 batches from a resident uint8 dataset; 1 step per call is the loop-free program, more run
 as a loop on the device. ``--functional`` adds, for each number of steps per call, the
-functional API's program (`parity.bench.functional_program`: `jaxddpm.jit_train_step`,
+functional API's program (`parity.profiling.functional_program`: `jaxddpm.jit_train_step`,
 or `jaxddpm.jit_train_steps` over stacked batches). Prints seconds per training step
 (median and min over ``--reps`` calls, after one warm-up call) and writes nothing.
 """
@@ -19,7 +19,7 @@ import sys
 
 import jax
 
-from parity import bench
+from jaxddpm import profiling
 
 
 def main() -> int:
@@ -32,20 +32,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes; checks the script, not the speed")
     parser.add_argument("--functional", action="store_true", help="also time jaxddpm.jit_train_step / jit_train_steps")
     args = parser.parse_args()
-    sizes = dict(bench.QUICK if args.quick else bench.SMALL if args.small else bench.FULL, upsample_impl="phases")
+    sizes = dict(profiling.QUICK if args.quick else profiling.SMALL if args.small else profiling.FULL, upsample_impl="phases")
     variants = {}
     for impl in args.conv_impls.split(","):
         for k in (int(v) for v in args.steps_per_call.split(",")):
-            programs = {"": bench.train_program}
+            programs = {"": profiling.train_program}
             if args.functional:
-                programs["functional API, "] = bench.functional_program
+                programs["functional API, "] = profiling.functional_program
             for label, program in programs.items():
                 fn, state, fn_args, compile_s = program(dict(sizes, conv_impl=impl), args.batch, k)
-                variants[f"{label}{impl}, {k} per call"] = dict(run=bench.program_runner(fn, state, fn_args), k=k,
+                variants[f"{label}{impl}, {k} per call"] = dict(run=profiling.program_runner(fn, state, fn_args), k=k,
                                                                 compile_s=compile_s)
     for v in variants.values():  # warm-up
         v["run"]()
-    times = bench.time_interleaved({name: v["run"] for name, v in variants.items()}, args.reps)
+    times = profiling.time_interleaved({name: v["run"] for name, v in variants.items()}, args.reps)
     for name, v in variants.items():
         v["times"] = [t / v["k"] for t in times[name]]
     result = {

@@ -5,7 +5,7 @@ CPU as well.
     python scripts/bench_variants.py [--variants phases/float32,dilated/float32/8,...]
         [--reps 20] [--batch 16] [--small] [--out FILE]
 
-A variant is UPSAMPLE_IMPL/DTYPE[/STEPS][/PRECISION][/CONV_IMPL]: `parity.bench.train_program`
+A variant is UPSAMPLE_IMPL/DTYPE[/STEPS][/PRECISION][/CONV_IMPL]: `parity.profiling.train_program`
 (the program `jaxddpm train` runs, batches gathered on the device) with that
 transposed-convolution implementation, that compute dtype (float32, or bfloat16 with
 float32 master weights), STEPS steps per call (default 1), compiled under
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import torch
 
 from jaxddpm.model import CONV_IMPLS
+from jaxddpm import profiling
 from parity import bench
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -47,9 +48,9 @@ def jax_variant(sizes: dict, batch: int, spec: str):
         raise SystemExit(f"error: variant {spec!r}: want UPSAMPLE_IMPL/DTYPE[/STEPS][/PRECISION][/CONV_IMPL], DTYPE one of "
                          f"{', '.join(DTYPES)}, PRECISION one of {', '.join(PRECISIONS)}, CONV_IMPL one of {', '.join(CONV_IMPLS)}")
     with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():
-        compiled, state, args, compile_s = bench.train_program(
+        compiled, state, args, compile_s = profiling.train_program(
             dict(sizes, upsample_impl=impl, conv_impl=conv_impl), batch, steps, DTYPES[dtype])
-    return bench.program_runner(compiled, state, args), steps, compile_s
+    return profiling.program_runner(compiled, state, args), steps, compile_s
 
 
 def with_cudnn_benchmark(run):
@@ -71,7 +72,7 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="channels 16-256 on 32x32 images")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
-    sizes = dict(bench.SMALL if args.small else bench.FULL, conv_impl="auto")
+    sizes = dict(profiling.SMALL if args.small else profiling.FULL, conv_impl="auto")
     gpu, device = bench.pin_float32()
     variants = {"torch eager": dict(run=bench.torch_train_step(sizes, args.batch, device), steps=1, compile_s=None)}
     if device == "cuda":
@@ -81,15 +82,15 @@ def main() -> int:
         run, steps, compile_s = jax_variant(sizes, args.batch, spec)
         variants[f"jaxddpm {spec}"] = dict(run=run, steps=steps, compile_s=compile_s)
     for name, v in variants.items():  # a first timing (after a warm-up call), printed at once
-        first = bench.timed(v["run"], args.reps)
+        first = profiling.timed(v["run"], args.reps)
         print(f"{name}: {first['median_s'] / v['steps']:.4f} s per step on its own"
               + (f", compiled in {v['compile_s']:.1f} s" if v["compile_s"] else ""), flush=True)
-    times = bench.time_interleaved({name: v["run"] for name, v in variants.items()}, args.reps)
+    times = profiling.time_interleaved({name: v["run"] for name, v in variants.items()}, args.reps)
     for name, v in variants.items():
         v["times"] = [t / v["steps"] for t in times[name]]
     eager = statistics.median(variants["torch eager"]["times"])
     result = {
-        "command": " ".join(["python"] + sys.argv), "device": bench.device_name(), "batch": args.batch,
+        "command": " ".join(["python"] + sys.argv), "device": profiling.device_name(), "batch": args.batch,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": dict(jax=jax.__version__, torch=torch.__version__), "float32_pinned": gpu,
         "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},

@@ -1,5 +1,5 @@
 """FLOPs of the full-size model's training step and reverse step, counted from their jaxprs
-(`parity.bench.jaxpr_flops`: convolutions and matrix products, 2 per multiply-add).
+(`parity.profiling.jaxpr_flops`: convolutions and matrix products, 2 per multiply-add).
 
     python scripts/count_flops.py [--batch 16] [--sample-batch 4]
 
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxddpm as jd
-from parity import bench
+from jaxddpm import profiling
 
 
 def main() -> int:
@@ -26,12 +26,12 @@ def main() -> int:
     parser.add_argument("--sample-batch", type=int, default=4)
     args = parser.parse_args()
     for impl in ("xla", "cpu"):
-        model, tx, schedule, state, shape = bench.training_setup(dict(bench.FULL, conv_impl=impl, upsample_impl=jd.SimpleUNet.upsample_impl))
+        model, tx, schedule, state, shape = profiling.training_setup(dict(profiling.FULL, conv_impl=impl, upsample_impl=jd.SimpleUNet.upsample_impl))
         step = jd.jit_train_step(model, tx, schedule, ema_decay=0.999)
-        train = bench.jaxpr_flops(jax.make_jaxpr(step)(state, jnp.zeros((args.batch, *shape)), jax.random.key(1)))
+        train = profiling.jaxpr_flops(jax.make_jaxpr(step)(state, jnp.zeros((args.batch, *shape)), jax.random.key(1)))
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         x, t = jnp.zeros((args.sample_batch, *shape)), jnp.zeros((args.sample_batch,), jnp.int32)
-        forward = bench.jaxpr_flops(jax.make_jaxpr(lambda v, x, t: model.apply(v, x, t, train=False))(variables, x, t))
+        forward = profiling.jaxpr_flops(jax.make_jaxpr(lambda v, x, t: model.apply(v, x, t, train=False))(variables, x, t))
         print(f'conv_impl="{impl}": training step, batch {args.batch}: {train / 1e9:.1f} GFLOP; '
               f"model evaluation (one reverse step), batch {args.sample_batch}: {forward / 1e9:.2f} GFLOP")
     return 0

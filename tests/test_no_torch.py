@@ -19,30 +19,35 @@ def test_no_module_of_jaxddpm_imports_torch():
     assert offenders == []
 
 
+# What `jaxddpm train`, `sample` and `eval` import, and the torch-free measuring tools.
+MODULES = "jaxddpm, jaxddpm.cli, jaxddpm.trainer, jaxddpm.generate, jaxddpm.evaluate, jaxddpm.events, jaxddpm.data, jaxddpm.profiling"
+
+
+def _run(code: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_training_modules_import_with_torch_blocked():
-    code = (
+    _run(
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ImportError('torch blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import jaxddpm, jaxddpm.cli, jaxddpm.trainer, jaxddpm.generate, jaxddpm.data\n"
+        f"import {MODULES}\n"
         "assert 'torch' not in sys.modules\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
 
 
 def test_training_commands_do_not_load_torch_when_it_is_installed():
-    """`jaxddpm train`, `sample` and `eval` import these modules; with torch installed they
-    must still not load it (it costs seconds at every start)."""
+    """With torch installed, these modules must still not load it (it costs seconds at
+    every start of a command)."""
     pytest.importorskip("torch", reason="checks that an installed torch is not loaded")
-    code = (
+    _run(
         "import sys\n"
-        "import jaxddpm, jaxddpm.cli, jaxddpm.trainer, jaxddpm.generate, jaxddpm.evaluate, jaxddpm.events\n"
+        f"import {MODULES}\n"
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not loaded, loaded[:5]\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
