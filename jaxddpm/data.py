@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
 from typing import Iterable
 
@@ -55,14 +56,29 @@ def resize(image: Image.Image, size: int, channels: int) -> np.ndarray:
     return array[..., None] if channels == 1 else array
 
 
-def load_digits(image_size: int, channels: int) -> ImageDataset:
-    """scikit-learn's bundled 8x8 handwritten digits (values 0..16), upscaled."""
+def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) with values 0..16, labels) of scikit-learn's digits.
+
+    Read from the CSV file scikit-learn ships (each row: 64 pixel values, then the label)
+    without importing scikit-learn, which takes about a second at every start of a command;
+    through ``sklearn.datasets.load_digits`` if the file is not where it is expected."""
+    spec = importlib.util.find_spec("sklearn")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else ""
+    if path and os.path.isfile(path):
+        rows = np.loadtxt(path, delimiter=",")
+        return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int32)
     from sklearn.datasets import load_digits as sklearn_digits
 
     digits = sklearn_digits()
-    small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return digits.images, digits.target.astype(np.int32)
+
+
+def load_digits(image_size: int, channels: int) -> ImageDataset:
+    """scikit-learn's bundled 8x8 handwritten digits (values 0..16), upscaled."""
+    digits, labels = _bundled_digits()
+    small = np.round(digits * (255.0 / 16.0)).astype(np.uint8)
     images = np.stack([resize(Image.fromarray(im), image_size, channels) for im in small])
-    return ImageDataset(images, digits.target.astype(np.int32), 10)
+    return ImageDataset(images, labels, 10)
 
 
 def load_folder(path: str, image_size: int, channels: int) -> ImageDataset:

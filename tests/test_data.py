@@ -8,6 +8,20 @@ from PIL import Image
 from jaxddpm import data
 
 
+def test_digits_are_read_as_scikit_learn_loads_them(monkeypatch):
+    import sklearn.datasets
+
+    reference = sklearn.datasets.load_digits()
+
+    def not_this_way():
+        raise AssertionError("the digits should be read from scikit-learn's file, without load_digits")
+
+    monkeypatch.setattr(sklearn.datasets, "load_digits", not_this_way)
+    images, labels = data._bundled_digits()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
+
+
 def test_digits_are_bundled_and_upscaled():
     ds = data.load_digits(16, 1)
     assert ds.images.shape == (1797, 16, 16, 1) and ds.images.dtype == np.uint8
