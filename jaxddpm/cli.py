@@ -293,9 +293,15 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-V", "--version"):
+        from jaxddpm import __version__
+
+        print(f"jaxddpm {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        usage = "usage: jaxddpm {" + ",".join(COMMANDS) + "} ...\n\ncommands:\n"
+        usage = "usage: jaxddpm {" + ",".join(COMMANDS) + "} ...   (or: python -m jaxddpm ...)\n\ncommands:\n"
         usage += "".join(f"  {name:<8} {help_}\n" for name, (help_, _) in COMMANDS.items())
+        usage += "\n  --version  print jaxddpm's version\n"
         if argv and argv[0] not in ("-h", "--help"):
             print(f"error: unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
             return USAGE_ERROR

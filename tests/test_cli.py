@@ -79,7 +79,7 @@ def test_sample_on_missing_or_empty_workdir(tmp_path, capsys, setup):
 
 def test_cli_subprocess_prints_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxddpm.cli", "train", "--workdir", str(tmp_path / "w"), "--config.train.num_steps=-3"],
+        [sys.executable, "-m", "jaxddpm", "train", "--workdir", str(tmp_path / "w"), "--config.train.num_steps=-3"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
@@ -118,3 +118,14 @@ def test_a_conditional_model_needs_labelled_data(tmp_path, capsys):
     argv = tiny_argv(data__source="folder", data__holdout=0, data__path=str(folder), model__num_classes="3")
     assert cli.main(["train", "--workdir", str(tmp_path / "run"), *argv]) == 2
     assert "model.num_classes=3 needs labels in [0, 3) but the dataset has no labels; set model.num_classes=0" in capsys.readouterr().err
+
+
+def test_version_and_usage(capsys):
+    import jaxddpm
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"jaxddpm {jaxddpm.__version__}\n"
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jaxddpm {train,sample,eval,convert,parity,bench} ...   (or: python -m jaxddpm ...)")
+    assert "--version" in out
