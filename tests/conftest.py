@@ -36,6 +36,7 @@ if os.environ.get("JAXDDPM_TEST_XLA_OPT") != "default":
 os.environ.setdefault("XLA_FLAGS", " ".join(_flags))
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Silent broadcasting between arrays of different rank is a bug in this code base.
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -45,8 +46,6 @@ def pytest_unconfigure(config):
     if _CACHE_DIR is not None:
         shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
