@@ -7,9 +7,9 @@ The diffusion core is a frozen `Schedule` pytree and pure functions that take it
     x_t = jd.q_sample(schedule, x0, t, noise)
 """
 
-from jaxddpm import xla_flags as _xla_flags
+from jaxddpm.kernels import xla_flags as _xla_flags
 
-_xla_flags.apply()  # before JAX creates its CPU backend; see jaxddpm/xla_flags.py
+_xla_flags.apply()  # before JAX creates its CPU backend; see jaxddpm/kernels/xla_flags.py
 
 from jaxddpm.diffusion import (  # noqa: E402
     classifier_free_guidance,
@@ -28,8 +28,8 @@ from jaxddpm.diffusion import (  # noqa: E402
     sample,
     split_prediction,
 )
-from jaxddpm.model import BatchNorm, ConvBlock, SimpleUNet, conv_transpose_4x4_s2, sinusoidal_embedding
-from jaxddpm.unet import DDPMUNet
+from jaxddpm.kernels import ConvPolicy, conv_transpose_4x4_s2
+from jaxddpm.models import BatchNorm, ConvBlock, DDPMUNet, SimpleUNet, sinusoidal_embedding
 from jaxddpm.schedule import BETA_SCHEDULES, Schedule, extract, make_schedule
 from jaxddpm.train import (
     TrainState,
@@ -46,11 +46,27 @@ from jaxddpm.train import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # `Pipeline` (orbax, the data code) and `save_grid` (PIL) are imported on first use, so
+    # that `import jaxddpm` (and the command line's --help) stays fast.
+    if name == "Pipeline":
+        from jaxddpm.pipeline import Pipeline
+
+        return Pipeline
+    if name == "save_grid":
+        from jaxddpm.images import save_grid
+
+        return save_grid
+    raise AttributeError(f"module 'jaxddpm' has no attribute {name!r}")
+
 __all__ = [
     "BETA_SCHEDULES",
     "BatchNorm",
+    "ConvPolicy",
     "ConvBlock",
     "DDPMUNet",
+    "Pipeline",
     "Schedule",
     "SimpleUNet",
     "TrainState",

@@ -178,6 +178,28 @@ def restore_latest(
     return None
 
 
+def restore_variables_latest(manager: ocp.CheckpointManager, abstract_variables: dict) -> tuple[dict, dict] | None:
+    """The sampling variables (``{"params": EMA parameters, "batch_stats": ...}``) of the
+    newest checkpoint that restores, and its metadata; None if none does.
+
+    Only those arrays are read (orbax's partial restore): not the optimizer state, not the
+    raw parameters. ``abstract_variables`` gives their shapes, dtypes and shardings."""
+    target = {"ema_params": abstract_variables["params"], "batch_stats": abstract_variables["batch_stats"]}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    manager.reload()
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+                metadata=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
+            warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one", stacklevel=2)
+            continue
+        state = restored["state"]
+        return {"params": state["ema_params"], "batch_stats": state["batch_stats"]}, dict(restored["metadata"])
+    return None
+
+
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
     source = os.path.join(str(manager.directory), str(step))
     target_dir = os.path.join(os.path.dirname(str(manager.directory)), "damaged_checkpoints")

@@ -257,6 +257,32 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jaxddpm export",
+        description="Write a workdir's newest checkpoint as config.json + model.safetensors (EMA parameters and "
+        "BatchNorm statistics; no optimizer state), for jaxddpm.Pipeline.from_pretrained or any safetensors reader.")
+    parser.add_argument("--workdir", default=os.path.join("runs", "quickstart"), help="training workdir (default: runs/quickstart)")
+    parser.add_argument("--out", required=True, help="directory to write (an existing export there is never overwritten)")
+    args = parser.parse_args(argv)
+
+    from jaxddpm.checkpoint import CheckpointError
+    from jaxddpm.pipeline import CONFIG_FILE, WEIGHTS_FILE, Pipeline
+
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if os.path.exists(os.path.join(args.out, name)):
+            return _fail(f"{os.path.join(args.out, name)} exists; choose another --out (exports are never overwritten)", USAGE_ERROR)
+    try:
+        pipe = Pipeline.from_workdir(args.workdir)
+        pipe.save_pretrained(args.out)
+    except (CheckpointError, FileExistsError) as e:
+        return _fail(str(e), USAGE_ERROR)
+    except OSError as e:
+        return _fail(f"{e.strerror or e} ({e.filename or args.out})", RUNTIME_ERROR)
+    print(f"wrote {os.path.join(args.out, CONFIG_FILE)} and {os.path.join(args.out, WEIGHTS_FILE)} (step {pipe.step})")
+    return 0
+
+
 def _parity(argv: list[str]) -> int:
     try:
         from parity.report import main
@@ -267,17 +293,15 @@ def _parity(argv: list[str]) -> int:
 
 def _convert(argv: list[str]) -> int:
     try:
-        from parity.workdirs import main
+        from parity.convert_workdir import main
     except ImportError as e:
         return _fail(f"jaxddpm convert needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
     return main(argv)
 
 
 def _bench(argv: list[str]) -> int:
-    try:
-        from parity.bench import main
-    except ImportError as e:
-        return _fail(f"jaxddpm bench needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
+    from jaxddpm.bench import main
+
     return main(argv)
 
 
@@ -285,6 +309,7 @@ COMMANDS = {
     "train": ("train a model (default config: quickstart); resumes from the workdir", _train),
     "sample": ("sample from a workdir's latest checkpoint", _sample),
     "eval": ("bits/dim, classifier score and FID of a workdir's model", _eval),
+    "export": ("write a workdir's model as config.json + model.safetensors (for jaxddpm.Pipeline)", _export),
     "convert": ("convert weights between the article's PyTorch model and a jaxddpm workdir", _convert),
     "parity": ("check jaxddpm against the PyTorch reference (python -m parity)", _parity),
     "bench": ("time jaxddpm against the PyTorch reference on this device", _bench),

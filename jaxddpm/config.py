@@ -19,7 +19,7 @@ import ml_collections
 
 from jaxddpm import configs as configs_package
 from jaxddpm.diffusion import PREDICTIONS
-from jaxddpm.model import CONV_IMPLS, UPSAMPLE_IMPLS
+from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS
 from jaxddpm.parallel import SHARDING_MODES
 from jaxddpm.schedule import validate_schedule_args
 

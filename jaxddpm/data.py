@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
+import gzip
+import importlib.resources
 import os
+import socket
 from typing import Iterable
 
 import jax
@@ -19,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from jaxddpm.config import DATA_SOURCES
+from jaxddpm import files
 from jaxddpm.files import atomic_write
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -57,20 +60,12 @@ def resize(image: Image.Image, size: int, channels: int) -> np.ndarray:
 
 
 def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
-    """(images (1797, 8, 8) with values 0..16, labels) of scikit-learn's digits.
-
-    Read from the CSV file scikit-learn ships (each row: 64 pixel values, then the label)
-    without importing scikit-learn, which takes about a second at every start of a command;
-    through ``sklearn.datasets.load_digits`` if the file is not where it is expected."""
-    spec = importlib.util.find_spec("sklearn")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else ""
-    if path and os.path.isfile(path):
-        rows = np.loadtxt(path, delimiter=",")
-        return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int32)
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    return digits.images, digits.target.astype(np.int32)
+    """(images (1797, 8, 8) with values 0..16, labels) of the UCI handwritten digits that ship
+    with jaxddpm (jaxddpm/datasets/README.md; the same file and values as scikit-learn's
+    ``load_digits``): each CSV row holds 64 pixel values, then the label."""
+    with importlib.resources.files("jaxddpm.datasets").joinpath("digits.csv.gz").open("rb") as f:
+        rows = np.loadtxt(gzip.open(f), delimiter=",")
+    return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int32)
 
 
 def load_digits(image_size: int, channels: int) -> ImageDataset:
@@ -107,19 +102,46 @@ def load_folder(path: str, image_size: int, channels: int) -> ImageDataset:
     return ImageDataset(np.stack(images), np.full(len(images), -1, np.int32), 0, skipped)
 
 
-def _tfds_examples(name: str, split: str, data_dir: str, download: bool) -> Iterable[dict]:
-    import tensorflow_datasets as tfds
+# Where TFDS downloads a dataset from; without a connection there, preparing it is not tried
+# (TFDS would retry for minutes). Others: TFDS's own mirror.
+DOWNLOAD_HOSTS = {"oxford_flowers102": "www.robots.ox.ac.uk"}
+DEFAULT_DOWNLOAD_HOST = "storage.googleapis.com"
+NETWORK_TIMEOUT_S = 10.0
 
+
+def _reachable(host: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=download)
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _tfds_examples(name: str, split: str, data_dir: str, download: bool) -> Iterable[dict]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(f"data.source=tfds needs TensorFlow Datasets ({e}); install it with: pip install 'jaxddpm[flowers]'") from None
+    where = data_dir or "the default TFDS directory (~/tensorflow_datasets)"
+    how = (f"On a machine with network, run: python -c \"import tensorflow_datasets as tfds; "
+           f"tfds.builder('{name}', data_dir='DIR', file_format='array_record').download_and_prepare()\", copy DIR here "
+           f"and pass --config.data.data_dir=DIR")
+    try:
+        try:
+            return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+        except Exception:  # noqa: BLE001 - not prepared there (TFDS raises several types)
+            if not download:
+                raise
+        host = DOWNLOAD_HOSTS.get(name, DEFAULT_DOWNLOAD_HOST)
+        if not _reachable(host):
+            raise DataError(f"TFDS dataset {name!r} is not prepared in {where} and {host} cannot be reached to download it. {how}")
+        return tfds.data_source(name, split=split, data_dir=data_dir or None, download=True)
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - TFDS raises many types for missing/offline data
-        where = data_dir or "the default TFDS directory (~/tensorflow_datasets)"
-        raise DataError(
-            f"TFDS dataset {name!r} (split {split!r}) is not available in {where} and could not be prepared "
-            f"({type(e).__name__}). On a machine with network, run: python -c \"import tensorflow_datasets as tfds; "
-            f"tfds.builder('{name}', data_dir='DIR', file_format='array_record').download_and_prepare()\", copy DIR here "
-            f"and pass --config.data.data_dir=DIR"
-        ) from None
+        reason = f"{type(e).__name__}: {e}".splitlines()[0] if isinstance(e, ImportError) else type(e).__name__
+        raise DataError(f"TFDS dataset {name!r} (split {split!r}) is not available in {where} and could not be prepared "
+                        f"({reason}). {how}") from None
 
 
 def load_tfds(
@@ -127,7 +149,7 @@ def load_tfds(
 ) -> ImageDataset:
     """A TFDS image dataset through ``tfds.data_source``, decoded, resized and cached."""
     key = f"{name}|{splits}|{os.path.abspath(data_dir) if data_dir else ''}|{image_size}|{channels}"
-    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "jaxddpm")
+    cache_dir = files.cache_dir(cache_dir)
     cache = os.path.join(cache_dir, f"{name}-{image_size}px-{channels}ch-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz")
     if os.path.exists(cache):
         with np.load(cache) as f:

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm import classifier, data, diffusion, likelihood, metrics, trainer
+from jaxddpm import classifier, data, diffusion, factory, files, inception, likelihood, metrics, sampling
 from jaxddpm.files import atomic_write
-from jaxddpm.generate import load_workdir, sample_images
+from jaxddpm.pipeline import Pipeline
 from jaxddpm.train import TrainState
 
 METRICS = ("bpd", "quality", "fid")
@@ -29,19 +29,18 @@ class EvalError(ValueError):
 
 
 def default_cache_dir(config) -> str:
-    return config.data.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "jaxddpm")
+    return files.cache_dir(config.data.cache_dir)
 
 
 def fresh_state(config) -> TrainState:
     """The step-0 state that training with this config starts from."""
-    return trainer.initial_state(config, trainer.run_keys(config.train.seed)[0])
+    return factory.initial_state(config, factory.run_keys(config.train.seed)[0])
 
 
-def bits_per_dim(config, state: TrainState, images_u8: np.ndarray, *, seed: int = 0, batch_size: int = 128) -> dict:
+def bits_per_dim(pipe: Pipeline, images_u8: np.ndarray, *, seed: int = 0, batch_size: int = 128) -> dict:
     """The variational bound in bits/dim on ``images_u8``: total, prior, and per timestep."""
-    model, schedule = trainer.build_model(config), trainer.build_schedule(config)
-    variables = trainer.sampling_variables(state)
-    prediction = config.diffusion.prediction
+    model, schedule, variables = pipe.model, pipe.schedule, pipe.variables
+    prediction = pipe.config.diffusion.prediction
 
     @jax.jit
     def run(x0, key):
@@ -69,20 +68,19 @@ def bits_per_dim(config, state: TrainState, images_u8: np.ndarray, *, seed: int 
     }
 
 
-def quality(config, state: TrainState, train_set, held_out, *, num_samples: int, seed: int, batch_size: int) -> dict:
+def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int, batch_size: int) -> dict:
     """The classifier score of samples next to the same score of real training images."""
     if train_set.num_classes <= 0 or held_out.labels.min(initial=0) < 0:
         raise EvalError("the quality metric needs a labelled dataset (e.g. the quickstart's digits)")
     if len(held_out) < 10 * train_set.num_classes:
         raise EvalError(f"the quality metric trains its classifier on held-out images: set data.holdout >= {10 * train_set.num_classes}")
-    params = classifier.cached_classifier(held_out.images, held_out.labels, train_set.num_classes, default_cache_dir(config))
+    params = classifier.cached_classifier(held_out.images, held_out.labels, train_set.num_classes, default_cache_dir(pipe.config))
     probs_fn, features_fn = classifier.classifier_fns(params, train_set.num_classes)
     real_idx = np.random.default_rng(seed).choice(len(train_set), size=min(num_samples, len(train_set)), replace=False)
     real = train_set.images[real_idx]
     reference = metrics.feature_statistics(metrics.batched_features(features_fn, train_set.images))
 
-    samples, _ = sample_images(config, state, num_samples, seed, batch_size=batch_size)
-    samples_u8 = data.to_uint8(samples)
+    samples_u8 = pipe.sample(num_samples, seed=seed, batch_size=batch_size)
 
     def score(images_u8, probs):
         result = metrics.classifier_score(probs)
@@ -121,27 +119,28 @@ def evaluate(
     for name in metric_names:
         if name not in METRICS:
             raise EvalError(f"metric {name!r} is unknown; allowed: {', '.join(METRICS)}")
-    config, state = load_workdir(workdir)
+    pipe = Pipeline.from_workdir(workdir)
+    config = pipe.config
     if fresh:
-        state = fresh_state(config)
-    step = int(state.step)
+        pipe = Pipeline(config, sampling.sampling_variables(fresh_state(config)), step=0)
+    step = pipe.step
     train_set, held_out = data.load_splits(config.data)
     results = {}
     for name in metric_names:
         start = time.perf_counter()
         if name == "bpd":
             images = held_out.images if len(held_out) else train_set.images
-            result = bits_per_dim(config, state, images, seed=seed)
+            result = bits_per_dim(pipe, images, seed=seed)
             result["images"] = "held-out" if len(held_out) else "training (data.holdout = 0)"
         elif name == "quality":
-            result = quality(config, state, train_set, held_out, num_samples=num_samples, seed=seed, batch_size=batch_size)
+            result = quality(pipe, train_set, held_out, num_samples=num_samples, seed=seed, batch_size=batch_size)
         else:
             fn = feature_fn or inception_feature_fn()
             reference = metrics.reference_statistics(
                 fn, train_set.images, default_cache_dir(config), f"{feature_name}-{config.data.source}-{config.data.image_size}"
             )
-            samples, _ = sample_images(config, state, num_samples, seed, batch_size=batch_size)
-            result = {"fid": metrics.fid(fn, data.to_uint8(samples), reference), "num_samples": num_samples, "features": feature_name}
+            samples_u8 = pipe.sample(num_samples, seed=seed, batch_size=batch_size)
+            result = {"fid": metrics.fid(fn, samples_u8, reference), "num_samples": num_samples, "features": feature_name}
         result.update(metric=name, step=step, fresh=fresh, seed=seed, seconds=round(time.perf_counter() - start, 1))
         results[name] = result
         if write and jax.process_index() == 0:
@@ -163,11 +162,9 @@ def inception_feature_fn() -> metrics.FeatureFn:
     PyTorch's hub cache (``~/.cache/torch/hub/checkpoints``).
     """
     try:
-        from parity.inception import WeightsNotFound, load_fid_inception
-
-        return load_fid_inception(os.environ.get("JAXDDPM_INCEPTION_WEIGHTS", ""))
-    except ImportError as e:  # PyTorch, pytorch-fid, or the parity package itself
+        return inception.load_fid_inception(os.environ.get("JAXDDPM_INCEPTION_WEIGHTS", ""))
+    except ImportError as e:  # PyTorch or pytorch-fid
         raise EvalError(f"FID needs PyTorch and pytorch-fid ({e}); install them with: pip install 'jaxddpm[fid]'") from None
-    except WeightsNotFound as e:  # (only reached once the import above succeeded)
+    except inception.WeightsNotFound as e:
         raise EvalError(str(e)) from None
 

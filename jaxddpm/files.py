@@ -1,4 +1,5 @@
-"""Writing a file so that it is either complete or absent, never half-written."""
+"""Where jaxddpm keeps files: writing a file so that it is either complete or absent, never
+half-written, and the cache directory of decoded datasets, classifiers and statistics."""
 
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def cache_dir(configured: str = "") -> str:
+    """``configured`` (``data.cache_dir``), or ``~/.cache/jaxddpm`` when it is empty."""
+    return configured or os.path.join(os.path.expanduser("~"), ".cache", "jaxddpm")

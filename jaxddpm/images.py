@@ -32,9 +32,11 @@ def save_png(path: str, image_uint8: np.ndarray) -> None:
 
 
 def save_grid(path: str, images: np.ndarray, columns: int | None = None) -> None:
-    """Save images in [-1, 1] as a grid, upscaled so that small images stay visible."""
+    """Save NHWC images (uint8, or floats in [-1, 1]) as a PNG grid, upscaled so that small
+    images stay visible."""
+    images = np.asarray(images)
     scale = max(1, 128 // images.shape[1])
-    save_png(path, grid(to_uint8(images), columns, scale=scale))
+    save_png(path, grid(images if images.dtype == np.uint8 else to_uint8(images), columns, scale=scale))
 
 
 def save_loss_curve(metrics_path: str, out_path: str) -> None:

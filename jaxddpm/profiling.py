@@ -1,6 +1,6 @@
 """Measuring jaxddpm's programs without PyTorch: timers, FLOPs counted from jaxprs, XLA's
 memory figures, and the compiled training and sampling programs that ``jaxddpm bench``
-(`parity.bench`, which adds the PyTorch reference) and the scripts in scripts/ time.
+(`jaxddpm.bench`, which adds the PyTorch reference) and the scripts in scripts/ time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax.extend.core as jax_core
 import jax.numpy as jnp
 
 import jaxddpm as jd
-from jaxddpm import config as config_lib, trainer
+from jaxddpm import config as config_lib, factory, sampling
 
 # Dense peak FLOP/s of known accelerators, float32 (non-tensor-core) and bfloat16.
 KNOWN_PEAKS = {
@@ -31,6 +31,7 @@ KNOWN_PEAKS = {
 FULL = dict(channels=(64, 128, 256, 512, 1024), image_size=64, image_channels=3, time_emb_dim=32, num_timesteps=300)
 SMALL = dict(FULL, channels=(16, 32, 64, 128, 256), image_size=32)
 QUICK = dict(channels=(4, 8, 16), image_size=16, image_channels=3, time_emb_dim=8, num_timesteps=10)
+QUICKSTART = dict(channels=(32, 64, 128), image_size=16, image_channels=1, time_emb_dim=32, num_timesteps=300)
 
 
 def program_runner(compiled, state, args: tuple):
@@ -153,10 +154,12 @@ def peak_memory() -> int | None:
 
 
 def jax_model(sizes: dict, dtype=jnp.float32) -> jd.SimpleUNet:
-    return jd.SimpleUNet(
-        channels=sizes["channels"], out_channels=sizes["image_channels"], time_emb_dim=sizes["time_emb_dim"],
-        conv_impl=sizes["conv_impl"], upsample_impl=sizes["upsample_impl"], dtype=dtype,
-    )
+    """SimpleUNet for ``sizes``, with ``sizes["conv_policy"]`` or a policy of its
+    ``conv_impl`` and ``upsample_impl`` (defaults where absent)."""
+    policy = sizes.get("conv_policy") or jd.ConvPolicy(
+        impl=sizes.get("conv_impl", jd.ConvPolicy.impl), upsample=sizes.get("upsample_impl", jd.ConvPolicy.upsample))
+    return jd.SimpleUNet(channels=sizes["channels"], out_channels=sizes["image_channels"],
+                         time_emb_dim=sizes["time_emb_dim"], conv_policy=policy, dtype=dtype)
 
 
 def training_setup(sizes: dict, dtype=jnp.float32) -> tuple:
@@ -207,7 +210,7 @@ def train_program(sizes: dict, batch: int, steps: int, dtype=jnp.float32) -> tup
     args = (images, jnp.zeros((images.shape[0],), jnp.int32), jax.random.key(2), jax.random.key(3))
     args += (jnp.int32(steps),) if steps > 1 else ()
     t0 = time.perf_counter()
-    compiled = trainer.make_train_step(model, tx, schedule, config, steps=steps).lower(state, *args).compile()
+    compiled = factory.make_train_step(model, tx, schedule, config, steps=steps).lower(state, *args).compile()
     return compiled, state, args, time.perf_counter() - t0
 
 
@@ -235,15 +238,21 @@ def bench_jax_train_loop(sizes: dict, batch: int, reps: int, steps: int) -> dict
     return result
 
 
-def bench_jax_sample(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> dict:
+def sample_program(sizes: dict, batch: int, dtype=jnp.float32) -> tuple:
+    """The compiled ancestral sampling chain for ``sizes`` (``num_timesteps`` steps) at
+    ``batch``: returns (a function that runs it once and returns the samples, compile seconds)."""
     model = jax_model(sizes, dtype)
     schedule = jd.make_schedule(num_timesteps=sizes["num_timesteps"])
     shape = (batch, sizes["image_size"], sizes["image_size"], sizes["image_channels"])
-    variables = model.init(jax.random.key(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32), train=False)
-    sampler = trainer.make_sampler(model, schedule, shape)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros(shape), jnp.zeros((batch,), jnp.int32), train=False))(jax.random.key(0))
     t0 = time.perf_counter()
-    compiled = sampler.lower(variables, jax.random.key(1)).compile()
+    compiled = sampling.make_sampler(model, schedule, shape).lower(variables, jax.random.key(1)).compile()
     compile_s = time.perf_counter() - t0
-    result = timed(lambda: jax.block_until_ready(compiled(variables, jax.random.key(1))), reps)
+    return (lambda: jax.block_until_ready(compiled(variables, jax.random.key(1)))), compile_s
+
+
+def bench_jax_sample(sizes: dict, batch: int, reps: int, dtype=jnp.float32) -> dict:
+    run, compile_s = sample_program(sizes, batch, dtype)
+    result = timed(run, reps)
     result.update(compile_s=compile_s, images_per_s=batch / result["median_s"])
     return result

@@ -152,7 +152,7 @@ def build_setup(
     sizes: Sizes, float64: bool, seed: int = 0, state_dict: dict | None = None, num_train_steps: int = 3,
     model_options: dict | None = None,
 ) -> Setup:
-    """``model_options``: further `jaxddpm.SimpleUNet` fields (``conv_impl``, ``upsample_impl``)."""
+    """``model_options``: further `jaxddpm.SimpleUNet` fields (``conv_policy``)."""
     torch.manual_seed(seed)
     torch_model = reference.SimpleUNet(
         image_channels=sizes.image_channels, channels=sizes.channels,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jaxddpm.model import SimpleUNet
+from jaxddpm.models import SimpleUNet
 
 
 class ConversionError(ValueError):

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from jaxddpm.model import CONV_IMPLS, UPSAMPLE_IMPLS, SimpleUNet
+from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS, ConvPolicy
 from parity import checks
 
 SIZES = {"full": checks.FULL, "small": checks.SMALL}
@@ -23,10 +23,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--steps", type=int, default=3, help="Adam steps in the training check (default 3; float32 judges step 1, see --float64)")
     parser.add_argument("--only", nargs="+", choices=list(checks.CHECKS), help="run only these checks")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--conv-impl", choices=CONV_IMPLS, default=SimpleUNet.conv_impl,
-                        help=f"jaxddpm's convolution forms (same math; default {SimpleUNet.conv_impl})")
-    parser.add_argument("--upsample-impl", choices=UPSAMPLE_IMPLS, default=SimpleUNet.upsample_impl,
-                        help=f"jaxddpm's transposed-convolution form (same math; default {SimpleUNet.upsample_impl})")
+    parser.add_argument("--conv-impl", choices=CONV_IMPLS, default=ConvPolicy.impl,
+                        help=f"jaxddpm's convolution forms (same math; default {ConvPolicy.impl})")
+    parser.add_argument("--upsample-impl", choices=UPSAMPLE_IMPLS, default=ConvPolicy.upsample,
+                        help=f"jaxddpm's transposed-convolution form (same math; default {ConvPolicy.upsample})")
     return parser
 
 
@@ -62,14 +62,15 @@ def sizes_for(state_dict: dict | None, size: str) -> checks.Sizes:
     )
 
 
-def model_options(args: argparse.Namespace) -> dict[str, str]:
+def model_options(args: argparse.Namespace) -> dict:
     """The jaxddpm forms chosen on the command line (`checks.run_checks`'s ``model_options``)."""
-    return dict(conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
+    return dict(conv_policy=ConvPolicy(impl=args.conv_impl, upsample=args.upsample_impl))
 
 
 def forms(args: argparse.Namespace) -> dict[str, str]:
-    """Those of `model_options` that differ from the defaults."""
-    return {name: value for name, value in model_options(args).items() if value != getattr(SimpleUNet, name)}
+    """The forms chosen on the command line that differ from the defaults, by option name."""
+    chosen = dict(conv_impl=(args.conv_impl, ConvPolicy.impl), upsample_impl=(args.upsample_impl, ConvPolicy.upsample))
+    return {name: value for name, (value, default) in chosen.items() if value != default}
 
 
 def format_table(results) -> str:

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from jaxddpm import config as config_lib, data, evaluate, trainer
+from jaxddpm import config as config_lib, data, evaluate, factory, sampling
 from jaxddpm.generate import load_workdir
 
 SETTINGS = [
@@ -38,12 +38,12 @@ def main() -> None:
     rows = []
     for name, overrides in SETTINGS:
         c = config_lib.apply_overrides(config, overrides)
-        sampler = trainer.make_sampler(
-            trainer.build_model(c), trainer.build_schedule(c), (args.batch_size, c.data.image_size, c.data.image_size, c.data.channels),
-            **trainer.sampler_options(c),
+        sampler = sampling.make_sampler(
+            factory.build_model(c), factory.build_schedule(c), (args.batch_size, c.data.image_size, c.data.image_size, c.data.channels),
+            **sampling.sampler_options(c),
         )
-        variables = trainer.sampling_variables(state)
-        labels = trainer.sample_labels(args.batch_size, c.model.num_classes, c.sample.label)
+        variables = sampling.sampling_variables(state)
+        labels = sampling.sample_labels(args.batch_size, c.model.num_classes, c.sample.label)
         start = time.perf_counter()
         jax.block_until_ready(sampler(variables, jax.random.key(100), labels))
         compile_s = time.perf_counter() - start

@@ -127,5 +127,5 @@ def test_version_and_usage(capsys):
     assert capsys.readouterr().out == f"jaxddpm {jaxddpm.__version__}\n"
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: jaxddpm {train,sample,eval,convert,parity,bench} ...   (or: python -m jaxddpm ...)")
+    assert out.startswith("usage: jaxddpm {train,sample,eval,export,convert,parity,bench} ...   (or: python -m jaxddpm ...)")
     assert "--version" in out

@@ -70,13 +70,14 @@ def test_invalid_values(overrides, message):
 
 
 def test_model_fields_reach_the_model():
-    from jaxddpm.trainer import build_model
+    from jaxddpm.factory import build_model
+    from jaxddpm.kernels import ConvPolicy
 
     c = config_lib.apply_overrides(config_lib.load_config("quickstart"), {"model.conv_impl": "xla", "model.upsample_impl": "subpixel"})
     config_lib.validate(c)
     model = build_model(c)
-    assert (model.conv_impl, model.upsample_impl) == ("xla", "subpixel")
-    assert build_model(config_lib.load_config("quickstart")).conv_impl == "auto"
+    assert model.conv_policy == ConvPolicy(impl="xla", upsample="subpixel")
+    assert build_model(config_lib.load_config("quickstart")).conv_policy == ConvPolicy()
 
 
 def test_unknown_config_name():

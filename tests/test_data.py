@@ -2,21 +2,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxddpm import data
 
 
-def test_digits_are_read_as_scikit_learn_loads_them(monkeypatch):
-    import sklearn.datasets
-
-    reference = sklearn.datasets.load_digits()
-
-    def not_this_way():
-        raise AssertionError("the digits should be read from scikit-learn's file, without load_digits")
-
-    monkeypatch.setattr(sklearn.datasets, "load_digits", not_this_way)
+def test_the_bundled_digits_are_scikit_learns():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="compares with scikit-learn's copy of the digits")
+    reference = sklearn_datasets.load_digits()
     images, labels = data._bundled_digits()
     np.testing.assert_array_equal(images, reference.images)
     np.testing.assert_array_equal(labels, reference.target)
@@ -48,21 +41,6 @@ def test_folder_errors(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(data.DataError, match=r"holds no readable images \(1 JPEG/PNG files found, 1 unreadable\)"):
         data.load_folder(str(tmp_path), 8, 3)
-
-
-def test_tfds_path_under_mock_data(tmp_path):
-    with tfds.testing.mock_data(num_examples=6):
-        ds = data.load_tfds("oxford_flowers102", "train+validation+test", "", 16, 3, False, str(tmp_path))
-    assert ds.images.shape == (18, 16, 16, 3)
-    assert len(list(tmp_path.glob("*.npz"))) == 1
-    # The cache is used from then on, without TFDS.
-    again = data.load_tfds("oxford_flowers102", "train+validation+test", "", 16, 3, False, str(tmp_path))
-    np.testing.assert_array_equal(again.images, ds.images)
-
-
-def test_tfds_offline_gives_instructions(tmp_path):
-    with pytest.raises(data.DataError, match="could not be prepared.*--config.data.data_dir=DIR"):
-        data.load_tfds("oxford_flowers102", "train", str(tmp_path / "empty"), 16, 3, False, str(tmp_path / "cache"))
 
 
 def test_get_batch_is_an_epoch_permutation():

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the parity checks compare with the PyTorch reference (pip install -e '.[parity]')")
 pytestmark = pytest.mark.torch
 
+import jaxddpm as jd
 from parity import checks, convert, reference
 from parity.report import main as parity_main
 
@@ -76,7 +77,7 @@ def test_swapped_batchnorm_statistics_make_the_report_fail(monkeypatch):
 
 
 def test_wrong_bn_variance_convention_makes_training_check_fail(monkeypatch):
-    from jaxddpm import model as model_module
+    from jaxddpm.models import layers as model_module
 
     original_call = model_module.BatchNorm.__call__
 
@@ -161,8 +162,8 @@ def test_python_m_parity_prints_a_table_and_exits_zero():
 def test_report_checks_the_forms_it_is_given(conv_impl, upsample_impl, capsys):
     """--conv-impl / --upsample-impl reach the model the checks run, and those forms pass."""
     with checks.precision(False):
-        setup = checks.build_setup(checks.SMALL, False, model_options=dict(conv_impl=conv_impl, upsample_impl=upsample_impl))
-    assert (setup.model.conv_impl, setup.model.upsample_impl) == (conv_impl, upsample_impl)
+        setup = checks.build_setup(checks.SMALL, False, model_options=dict(conv_policy=jd.ConvPolicy(impl=conv_impl, upsample=upsample_impl)))
+    assert (setup.model.conv_policy.impl, setup.model.conv_policy.upsample) == (conv_impl, upsample_impl)
     code = parity_main(["--size", "small", "--only", "forward", "gradients", "training", "--steps", "1",
                         "--conv-impl", conv_impl, "--upsample-impl", upsample_impl])
     out = capsys.readouterr().out

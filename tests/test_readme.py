@@ -1,4 +1,4 @@
-"""The README's Python example runs as written."""
+"""The README's Python examples run as written."""
 
 import pathlib
 import re
@@ -12,12 +12,27 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
+def python_block(containing: str) -> str:
+    blocks = [b for b in python_blocks() if containing in b]
+    assert len(blocks) == 1, f"README should have one Python example with {containing!r}"
+    return blocks[0]
+
+
+def test_readme_pipeline_example_runs(tiny_run, tmp_path, monkeypatch):
+    """The three lines after training, on a finished tiny run in place of runs/quickstart."""
+    block = python_block("Pipeline.from_workdir")
+    assert '"runs/quickstart"' in block
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block.replace('"runs/quickstart"', repr(tiny_run)), str(README), "exec"), namespace)  # noqa: S102
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    assert namespace["pipe"].step == 4
+
+
 @pytest.mark.slow
 def test_readme_functional_api_example_runs():
-    blocks = python_blocks()
-    assert blocks, "README has no Python example"
     namespace: dict = {}
-    exec(compile(blocks[0], str(README), "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(python_block("make_schedule"), str(README), "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["images"].shape == (16, 16, 16, 1)
     assert namespace["x_t"].shape == (8, 16, 16, 1)
     assert int(namespace["state"].step) == 5 and namespace["metrics"]["loss"].shape == (4,)

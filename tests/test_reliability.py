@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxddpm import trainer
+from jaxddpm import factory
 from jaxddpm.trainer import train_and_evaluate
 from tests.helpers import tiny_argv, tiny_config
 
@@ -49,14 +49,14 @@ def test_damaged_newest_checkpoint_is_set_aside_and_resume_uses_the_previous(tin
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
-    original = trainer.train_step
+    original = factory.train_step
 
     def poisoned(state, batch, key, **kw):
         new_state, metrics = original(state, batch, key, **kw)
         metrics["loss"] = jnp.where(state.step >= 2, jnp.nan, metrics["loss"])  # step 3 onwards
         return new_state, metrics
 
-    monkeypatch.setattr(trainer, "train_step", poisoned)
+    monkeypatch.setattr(factory, "train_step", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite loss at step 3"):
         train_and_evaluate(tiny_config(train__num_steps=6), workdir)
     assert checkpoint_steps(workdir) == [2]

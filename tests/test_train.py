@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import jaxddpm as jd
-from jaxddpm.trainer import make_sampler
+from jaxddpm.sampling import make_sampler
 
 TINY = dict(channels=(8, 16, 32), out_channels=1, time_emb_dim=16)
 

@@ -13,7 +13,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import jaxddpm as jd
-from jaxddpm.trainer import make_sampler, train_and_evaluate
+from jaxddpm.sampling import make_sampler
+from jaxddpm.trainer import train_and_evaluate
 from tests.helpers import tiny_config
 
 EXPECTED_FILES = {"config.json", "metrics.jsonl", "forward_diffusion.png", "loss_curve.png", "checkpoints", "samples", "tensorboard"}

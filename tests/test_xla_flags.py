@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxddpm import xla_flags
+from jaxddpm.kernels import xla_flags
 
 FLAG = xla_flags.CPU_FLAGS[0]
 NAME = FLAG.split("=")[0]
@@ -20,7 +20,7 @@ def test_merged_appends_without_overriding():
 
 
 def _in_effect(env: dict) -> str:
-    code = "import jaxddpm, jax, os; jax.numpy.zeros(1).block_until_ready(); print(jaxddpm.xla_flags.in_effect(), os.environ.get('XLA_FLAGS', ''))"
+    code = "import jaxddpm, jax, os; jax.numpy.zeros(1).block_until_ready(); print(jaxddpm.kernels.xla_flags.in_effect(), os.environ.get('XLA_FLAGS', ''))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()

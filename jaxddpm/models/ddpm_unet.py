@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxddpm.model import label_embedding, sinusoidal_embedding
+from jaxddpm.models.layers import label_embedding, sinusoidal_embedding
 
 Dtype = Any
 

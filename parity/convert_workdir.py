@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import torch
 
-from jaxddpm import checkpoint, config as config_lib, trainer
+from jaxddpm import checkpoint, config as config_lib, factory, sampling
 from jaxddpm.train import TrainState, make_optimizer, state_from_variables
 from parity import convert
 from parity.report import load_state_dict
@@ -40,7 +40,7 @@ def import_torch_checkpoint(path: str, workdir: str, config_name: str = "flowers
     state = state_from_variables(variables, make_optimizer(config.train.learning_rate))
     # The model must accept the converted variables before anything is written.
     x = jnp.zeros((1, config.data.image_size, config.data.image_size, config.data.channels))
-    trainer.build_model(config).apply(trainer.sampling_variables(state), x, jnp.zeros((1,), jnp.int32), train=False)
+    factory.build_model(config).apply(sampling.sampling_variables(state), x, jnp.zeros((1,), jnp.int32), train=False)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config_lib.to_json(config))

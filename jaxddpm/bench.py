@@ -26,16 +26,18 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import torch
 
 import jaxddpm as jd
-from jaxddpm import xla_flags
-from jaxddpm.model import CONV_IMPLS, UPSAMPLE_IMPLS
+from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS, xla_flags
 from jaxddpm.profiling import FULL, QUICK, bench_jax_sample, bench_jax_train, bench_jax_train_loop, device_name, slug, timed
-from parity import reference
 
 
-def torch_model(sizes: dict, device: str) -> reference.SimpleUNet:
+def torch_model(sizes: dict, device: str):
+    """The PyTorch reference model for ``sizes`` on ``device``, seeded."""
+    import torch
+
+    from parity import reference
+
     torch.manual_seed(0)
     model = reference.SimpleUNet(
         image_channels=sizes["image_channels"], channels=sizes["channels"],
@@ -47,6 +49,10 @@ def torch_model(sizes: dict, device: str) -> reference.SimpleUNet:
 def torch_train_step(sizes: dict, batch: int, device: str, compile_model: bool = False):
     """The reference's training step (eager, or its model under ``torch.compile``) as a
     function that runs one step and waits for the device."""
+    import torch
+
+    from parity import reference
+
     model = torch_model(sizes, device).train()
     forward = torch.compile(model) if compile_model else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -66,6 +72,8 @@ def torch_train_step(sizes: dict, batch: int, device: str, compile_model: bool =
 
 
 def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_model: bool = False) -> dict:
+    import torch
+
     run = torch_train_step(sizes, batch, device, compile_model)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -76,6 +84,10 @@ def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_m
 
 
 def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
+    import torch
+
+    from parity import reference
+
     model = torch_model(sizes, device).eval()
     tables = reference.article_tables(sizes["num_timesteps"])  # on the CPU, as the reference indexes them
     s = sizes["image_size"]
@@ -92,6 +104,8 @@ def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
 def pin_float32() -> tuple[bool, str]:
     """On a GPU, full float32 arithmetic in both frameworks (no TF32), so that like is
     compared with like. Returns (whether JAX runs on a GPU, the torch device to use)."""
+    import torch
+
     gpu = jax.devices()[0].platform == "gpu"
     if gpu:
         jax.config.update("jax_default_matmul_precision", "highest")
@@ -101,6 +115,8 @@ def pin_float32() -> tuple[bool, str]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import torch
+
     sizes = dict(QUICK if args.quick else FULL, conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
     gpu, device = pin_float32()
     results: dict = dict(
@@ -190,14 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-reps", type=int, default=2, help="timed sampling repetitions (default 2)")
     parser.add_argument("--steps-per-call", type=int, default=8,
                         help="also time the training loop of `jaxddpm train` with this many steps per call (default 8; 1 = skip)")
-    parser.add_argument("--conv-impl", default=jd.SimpleUNet.conv_impl, choices=CONV_IMPLS,
-                        help=f"SimpleUNet.conv_impl for jaxddpm (default {jd.SimpleUNet.conv_impl})")
-    parser.add_argument("--upsample-impl", default=jd.SimpleUNet.upsample_impl, choices=UPSAMPLE_IMPLS,
-                        help=f"SimpleUNet.upsample_impl for jaxddpm (default {jd.SimpleUNet.upsample_impl})")
+    parser.add_argument("--conv-impl", default=jd.ConvPolicy.impl, choices=CONV_IMPLS,
+                        help=f"ConvPolicy.impl for jaxddpm (default {jd.ConvPolicy.impl})")
+    parser.add_argument("--upsample-impl", default=jd.ConvPolicy.upsample, choices=UPSAMPLE_IMPLS,
+                        help=f"ConvPolicy.upsample for jaxddpm (default {jd.ConvPolicy.upsample})")
     parser.add_argument("--no-gpu-extras", dest="gpu_extras", action="store_false",
                         help="on a GPU, skip the bfloat16 and torch.compile rows")
     parser.add_argument("--out", default=os.path.join("experiments", "bench"), help="directory for the JSON result ('' = do not write)")
     args = parser.parse_args(argv)
+    try:
+        import torch  # noqa: F401  (checked only after the arguments are parsed, so --help is fast)
+    except ImportError as e:
+        print(f"error: jaxddpm bench needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", file=sys.stderr)
+        return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if min(args.batch, args.sample_batch, args.reps, args.sample_reps, args.steps_per_call) < 1:
         print("error: --batch, --sample-batch, --reps, --sample-reps and --steps-per-call must be positive", file=sys.stderr)

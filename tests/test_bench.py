@@ -1,4 +1,4 @@
-"""`jaxddpm bench` (parity.bench): the harness runs and writes its JSON (no timing assertions)."""
+"""`jaxddpm bench` (jaxddpm.bench): the harness runs and writes its JSON (no timing assertions)."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch", reason="the benchmark times jaxddpm against PyTorch (pip install -e '.[parity]')")
 pytestmark = pytest.mark.torch
 
-from parity.bench import main  # noqa: E402
+from jaxddpm.bench import main  # noqa: E402
 
 
 @pytest.mark.slow

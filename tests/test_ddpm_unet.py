@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxddpm.unet import DDPMUNet
+from jaxddpm.models import DDPMUNet
 
 
 @pytest.mark.slow

@@ -1,0 +1,104 @@
+"""Layers shared by the models: the sinusoidal time embedding, PyTorch-convention batch
+normalisation, the class-label embedding and the 4x4, stride-2 transposed convolution."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxddpm.kernels import ConvPolicy, conv_transpose_4x4_s2
+
+Dtype = Any
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int, dtype: Dtype = jnp.float32) -> jax.Array:
+    """Sinusoidal timestep embedding: ``[sin(t * f_k), cos(t * f_k)]``.
+
+    The frequencies are ``f_k = exp(-k * log(10000) / (dim // 2 - 1))`` for k < dim // 2.
+    They are computed in float64 and rounded once to ``dtype``.
+    """
+    half = dim // 2
+    if half < 2:
+        raise ValueError(f"embedding dim must be at least 4, got {dim}")
+    freqs = np.exp(np.arange(half, dtype=np.float64) * -(math.log(10000.0) / (half - 1)))
+    angles = t.astype(dtype)[:, None] * jnp.asarray(freqs, dtype=dtype)[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over N, H, W with PyTorch's conventions.
+
+    ``momentum`` is PyTorch's (weight of the new batch statistic), the batch variance used
+    for normalising is the biased one, and the running variance is updated with the
+    unbiased one (times n / (n - 1)), as ``torch.nn.BatchNorm2d`` does. Variables are
+    named like Flax's: params ``scale``/``bias``, batch_stats ``mean``/``var``.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), self.param_dtype))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), self.param_dtype))
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            # Statistics in at least float32, whatever the compute dtype.
+            xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            mean = jnp.mean(xs, axis=axes, keepdims=True)
+            var = jnp.mean(jnp.square(xs - mean), axis=axes)
+            mean = mean.reshape(features)
+            if not self.is_initializing():
+                n = math.prod(x.shape[:-1])
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                ra_mean.value = ((1 - m) * ra_mean.value + m * mean).astype(self.param_dtype)
+                ra_var.value = ((1 - m) * ra_var.value + m * unbiased).astype(self.param_dtype)
+        else:
+            mean, var = ra_mean.value, ra_var.value
+
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias - mean * mul
+        as_channels = (1,) * (x.ndim - 1) + (features,)
+        mul, shift = mul.reshape(as_channels).astype(self.dtype), shift.reshape(as_channels).astype(self.dtype)
+        return (x.astype(self.dtype) * mul + shift).astype(self.dtype)
+
+
+def label_embedding(num_classes: int, features: int, labels: jax.Array | None, batch: int, **kw) -> jax.Array | float:
+    """Embedding of class labels (``num_classes`` = the null label), or 0 for an
+    unconditional model. Must be called inside a compact module; creates "label_emb"."""
+    if num_classes <= 0:
+        if labels is not None:
+            raise ValueError("labels were given to a model with num_classes=0")
+        return 0.0
+    if labels is None:
+        labels = jnp.full((batch,), num_classes, jnp.int32)
+    return nn.Embed(num_classes + 1, features, name="label_emb", **kw)(labels)
+
+
+class ConvTranspose4x4(nn.Module):
+    """A 4x4, stride-2, padding-1 transposed convolution that doubles H and W."""
+
+    features: int
+    conv_policy: ConvPolicy = ConvPolicy()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (4, 4, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        y = conv_transpose_4x4_s2(x.astype(self.dtype), kernel.astype(self.dtype), self.conv_policy)
+        return y + bias.astype(self.dtype).reshape(1, 1, 1, self.features)
