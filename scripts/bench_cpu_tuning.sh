@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Before/after measurement of the CPU tuning (jaxddpm/xla_flags.py, SimpleUNet.conv_impl,
+# Before/after measurement of the CPU tuning (jaxddpm/kernels/xla_flags.py, the ConvPolicy forms,
 # the phases transposed convolution), one after the other on the same machine:
 #   before: XLA's default convolutions (YNNPACK), autodiff gradients, sub-pixel upsampling
 #   after:  the defaults

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What one session on a lent GPU machine measures, as one command (run from the repository root):
+# What one run on a lent GPU machine measures, as one command (run from the repository root):
 #
 #     bash scripts/gpu_session.sh OUTDIR
 #
@@ -8,8 +8,8 @@
 #      rows on a GPU): OUTDIR/bench.log and OUTDIR/<device>.json;
 #   3. `jaxddpm bench --conv-impl cpu` without the GPU-only rows (does Winograd pay on a GPU
 #      too?): OUTDIR/bench-conv-impl-cpu.log and OUTDIR/conv-impl-cpu/<device>.json;
-#   4. scripts/bench_variants.py (transposed-convolution forms, bfloat16, steps per call,
-#      against torch eager with and without cudnn.benchmark): OUTDIR/variants.json;
+#   4. scripts/bench_forms.py (transposed-convolution forms, bfloat16, the CPU forms in
+#      bfloat16, against torch eager with and without cudnn.benchmark): OUTDIR/variants.json;
 #   5. `python -m parity` with JAX on the GPU (PyTorch on the CPU): OUTDIR/parity-gpu.txt.
 # Each stage has its own time limit (seconds: BENCH_S, BENCH_CPU_FORMS_S, VARIANTS_S, PARITY_S), so one that
 # fails or runs long does not cost the others. Wheels in .whl/ (packages the machine lacks)
@@ -49,9 +49,9 @@ timeout "${BENCH_CPU_FORMS_S:-130}" python3 -m jaxddpm.cli bench --conv-impl cpu
 echo "rc=$?"; tail -n 9 "$out/bench-conv-impl-cpu.log"
 
 echo "== variants"
-timeout "${VARIANTS_S:-110}" python3 scripts/bench_variants.py --reps 30 --out "$out/variants.json" \
-  --variants dilated/float32,subpixel/float32,phases/bfloat16/cpu > "$out/variants.log" 2>&1
-echo "rc=$?"; grep -E '^  "(torch|jaxddpm)|median|ratio|rror' "$out/variants.log" | tail -n 40
+timeout "${VARIANTS_S:-110}" python3 scripts/bench_forms.py --reps 30 --out "$out/variants.json" \
+  torch default upsample=dilated upsample=subpixel dtype=bfloat16/impl=cpu torch/cudnn_benchmark=1 > "$out/variants.log" 2>&1
+echo "rc=$?"; grep -E '^  "|median|first_over|rror' "$out/variants.log" | tail -n 40
 
 echo "== parity, JAX on the GPU"
 timeout "${PARITY_S:-110}" python3 -m parity > "$out/parity-gpu.txt" 2>&1
