@@ -24,12 +24,10 @@ import os
 import platform
 import sys
 
-import jax
-import jax.numpy as jnp
+from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS, ConvPolicy, xla_flags
 
-import jaxddpm as jd
-from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS, xla_flags
-from jaxddpm.profiling import FULL, QUICK, bench_jax_sample, bench_jax_train, bench_jax_train_loop, device_name, slug, timed
+# JAX, PyTorch and the measured programs are imported inside the functions, after the
+# arguments are parsed, so that --help answers at once and the PyTorch check comes first.
 
 
 def torch_model(sizes: dict, device: str):
@@ -74,10 +72,12 @@ def torch_train_step(sizes: dict, batch: int, device: str, compile_model: bool =
 def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_model: bool = False) -> dict:
     import torch
 
+    from jaxddpm import profiling
+
     run = torch_train_step(sizes, batch, device, compile_model)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = timed(run, reps)
+    result = profiling.timed(run, reps)
     result["images_per_s"] = batch / result["median_s"]
     result["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return result
@@ -86,6 +86,7 @@ def bench_torch_train(sizes: dict, batch: int, reps: int, device: str, compile_m
 def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
     import torch
 
+    from jaxddpm import profiling
     from parity import reference
 
     model = torch_model(sizes, device).eval()
@@ -96,7 +97,7 @@ def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
         x = reference.sample_chain(model, torch.randn(batch, sizes["image_channels"], s, s, device=device), tables)
         x.sum().item()
 
-    result = timed(run, reps)
+    result = profiling.timed(run, reps)
     result["images_per_s"] = batch / result["median_s"]
     return result
 
@@ -104,6 +105,7 @@ def bench_torch_sample(sizes: dict, batch: int, reps: int, device: str) -> dict:
 def pin_float32() -> tuple[bool, str]:
     """On a GPU, full float32 arithmetic in both frameworks (no TF32), so that like is
     compared with like. Returns (whether JAX runs on a GPU, the torch device to use)."""
+    import jax
     import torch
 
     gpu = jax.devices()[0].platform == "gpu"
@@ -115,7 +117,11 @@ def pin_float32() -> tuple[bool, str]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import jax
+    import jax.numpy as jnp
     import torch
+
+    from jaxddpm.profiling import FULL, QUICK, bench_jax_sample, bench_jax_train, bench_jax_train_loop, device_name
 
     sizes = dict(QUICK if args.quick else FULL, conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
     gpu, device = pin_float32()
@@ -200,16 +206,16 @@ def format_table(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxddpm bench", description="Benchmark jaxddpm against the PyTorch reference.")
     parser.add_argument("--quick", action="store_true", help="tiny sizes; checks the harness, not the speed")
-    parser.add_argument("--batch", type=int, default=16, help="training batch (default 16)")
-    parser.add_argument("--sample-batch", type=int, default=4, help="sampling batch (default 4)")
+    parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=16, help="training batch (default 16)")
+    parser.add_argument("--sample-batch-size", "--sample-batch", dest="sample_batch", type=int, default=4, help="sampling batch (default 4)")
     parser.add_argument("--reps", type=int, default=3, help="timed training repetitions (default 3)")
     parser.add_argument("--sample-reps", type=int, default=2, help="timed sampling repetitions (default 2)")
     parser.add_argument("--steps-per-call", type=int, default=8,
                         help="also time the training loop of `jaxddpm train` with this many steps per call (default 8; 1 = skip)")
-    parser.add_argument("--conv-impl", default=jd.ConvPolicy.impl, choices=CONV_IMPLS,
-                        help=f"ConvPolicy.impl for jaxddpm (default {jd.ConvPolicy.impl})")
-    parser.add_argument("--upsample-impl", default=jd.ConvPolicy.upsample, choices=UPSAMPLE_IMPLS,
-                        help=f"ConvPolicy.upsample for jaxddpm (default {jd.ConvPolicy.upsample})")
+    parser.add_argument("--conv-impl", default=ConvPolicy.impl, choices=CONV_IMPLS,
+                        help=f"ConvPolicy.impl for jaxddpm (default {ConvPolicy.impl})")
+    parser.add_argument("--upsample-impl", default=ConvPolicy.upsample, choices=UPSAMPLE_IMPLS,
+                        help=f"ConvPolicy.upsample for jaxddpm (default {ConvPolicy.upsample})")
     parser.add_argument("--no-gpu-extras", dest="gpu_extras", action="store_false",
                         help="on a GPU, skip the bfloat16 and torch.compile rows")
     parser.add_argument("--out", default=os.path.join("experiments", "bench"), help="directory for the JSON result ('' = do not write)")
@@ -221,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if min(args.batch, args.sample_batch, args.reps, args.sample_reps, args.steps_per_call) < 1:
-        print("error: --batch, --sample-batch, --reps, --sample-reps and --steps-per-call must be positive", file=sys.stderr)
+        print("error: --batch-size, --sample-batch-size, --reps, --sample-reps and --steps-per-call must be positive", file=sys.stderr)
         return 2
     results = run(args)
     print(format_table(results))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
+        from jaxddpm.profiling import slug
+
         path = os.path.join(args.out, f"{slug(results['device'])}{'-quick' if args.quick else ''}.json")
         with open(path, "w") as f:
             json.dump(results, f, indent=1)

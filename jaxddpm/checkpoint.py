@@ -9,6 +9,7 @@ step is moved, never deleted, to ``damaged_checkpoints/`` so the step can be wri
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -102,7 +103,28 @@ def make_manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Ch
         read_only=read_only,
         enable_async_checkpointing=False,
     )
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    # A read-only manager makes orbax log two warnings about its own options on every open.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if read_only and not show_library_output():
+        absl_logger.setLevel(logging.ERROR)
+    try:
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    finally:
+        absl_logger.setLevel(level)
+
+
+def restore_workdir(workdir: str, restore: Callable, target: Any) -> tuple[Any, dict]:
+    """``restore(manager, target)`` (`restore_latest` or `restore_variables_latest`) on the
+    workdir's checkpoints, opened read-only; `CheckpointError` if none restores."""
+    manager = make_manager(workdir, read_only=True)
+    try:
+        restored = restore(manager, target)
+    finally:
+        manager.close()
+    if restored is None:
+        raise CheckpointError(f"workdir {workdir}: no checkpoint could be restored")
+    return restored
 
 
 def has_checkpoints(workdir: str) -> bool:
@@ -153,6 +175,36 @@ def save(
         absl_logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """When orbax fails to read a damaged array, it leaves one never-awaited read coroutine
+    per array behind, and Python prints a traceback for each when they are collected
+    (hundreds of lines for one damaged checkpoint, reported once by the caller). Those are
+    dropped (``JAXDDPM_DEBUG=1`` keeps them); any other unraisable error is printed as usual."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if show_library_output() or not is_failed_read_report(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()  # collect the left-behind coroutines while the hook is in place
+        sys.unraisablehook = previous
+
+
+def is_failed_read_report(unraisable) -> bool:
+    """Whether an unraisable exception is orbax's report of a failed array read: a read
+    coroutine collected unawaited, or TensorStore's callback into an event loop that the
+    failed restore already closed."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return True
+    return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
 def restore_latest(
     manager: ocp.CheckpointManager, target: TrainState, set_aside_damaged: bool = False
 ) -> tuple[TrainState, dict] | None:
@@ -165,14 +217,16 @@ def restore_latest(
     manager.reload()
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()),
-            )
+            with _quiet_failed_reads():
+                restored = manager.restore(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()),
+                )
         except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
-            warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one", stacklevel=2)
+            problem = f"checkpoint at step {step} could not be restored ({type(e).__name__})"
             if set_aside_damaged:
-                _set_aside(manager, step)
+                problem += f"; moved to {_set_aside(manager, step)}"
+            warnings.warn(f"{problem}; trying an older one", stacklevel=2)
             continue
         return flax.serialization.from_state_dict(target, restored["state"]), dict(restored["metadata"])
     return None
@@ -189,9 +243,10 @@ def restore_variables_latest(manager: ocp.CheckpointManager, abstract_variables:
     manager.reload()
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
-                metadata=ocp.args.JsonRestore()))
+            with _quiet_failed_reads():
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
+                    metadata=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
             warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one", stacklevel=2)
             continue
@@ -200,11 +255,12 @@ def restore_variables_latest(manager: ocp.CheckpointManager, abstract_variables:
     return None
 
 
-def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    """Move a damaged step to ``damaged_checkpoints/`` beside ``checkpoints/``; returns where."""
     source = os.path.join(str(manager.directory), str(step))
     target_dir = os.path.join(os.path.dirname(str(manager.directory)), "damaged_checkpoints")
     os.makedirs(target_dir, exist_ok=True)
     target = os.path.join(target_dir, f"{step}-{int(time.time())}")
     os.replace(source, target)
-    warnings.warn(f"moved the damaged checkpoint of step {step} to {target}", stacklevel=2)
     manager.reload()
+    return target

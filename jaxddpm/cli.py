@@ -10,92 +10,7 @@ import argparse
 import os
 import sys
 
-USAGE_ERROR, RUNTIME_ERROR = 2, 1
-
-
-def _flush_python_stderr() -> None:
-    """Write out what Python buffered for stderr before file descriptor 2 changes or is
-    bypassed."""
-    try:
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-
-
-class _Stderr:
-    """Where the one-line errors go. `keep_real` (called before training starts) keeps a
-    handle on the real stderr; after `silence`, file descriptor 2 points at /dev/null (so
-    tracebacks that library threads, atexit handlers and never-awaited tasks print while a
-    failed run shuts down stay off the terminal) and our own line still reaches the real
-    stderr. ``JAXDDPM_DEBUG=1`` keeps that library output visible."""
-
-    real_fd: int | None = None
-    silenced = False
-
-    @classmethod
-    def keep_real(cls) -> None:
-        """Keep a duplicate of fd 2 while it is still the real stderr: `silence` may run
-        while a checkpoint write holds fd 2 (see `jaxddpm.checkpoint.save`)."""
-        from jaxddpm.checkpoint import show_library_output
-
-        if cls.real_fd is not None or show_library_output():
-            return
-        if sys.stderr is not sys.__stderr__:  # captured (e.g. called in-process by a test): leave fd 2 alone
-            return
-        try:
-            sys.stderr.flush()
-            cls.real_fd = os.dup(2)
-        except (OSError, ValueError):  # no real fd 2
-            pass
-
-    @classmethod
-    def silence(cls) -> None:
-        import logging
-        import threading
-        import warnings
-
-        from jaxddpm.checkpoint import show_library_output
-
-        if cls.silenced or show_library_output():
-            return
-        cls.silenced = True
-        # Python-level reports of the same failure (also where fd 2 cannot be redirected).
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        logging.getLogger("absl").setLevel(logging.CRITICAL)
-        threading.excepthook = lambda args: None
-        sys.unraisablehook = lambda unraisable: None
-        warnings.simplefilter("ignore")
-        if cls.real_fd is None:
-            return
-        _flush_python_stderr()
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-
-    @classmethod
-    def write_line(cls, line: str) -> None:
-        if cls.real_fd is None:
-            print(line, file=sys.stderr, flush=True)
-        else:
-            _flush_python_stderr()
-            os.write(cls.real_fd, (line + "\n").encode())
-
-
-def _fail(message: str, code: int) -> int:
-    _Stderr.write_line(f"error: {message}".splitlines()[0])
-    return code
-
-
-def _failing_run(exc: BaseException) -> None:
-    """Called by the trainer with the exception that ends a run: for a failed checkpoint
-    write while the checkpoint library's output is still held, otherwise before the trainer
-    closes its checkpoint manager and log writers (whose threads then print the same I/O
-    error)."""
-    from jaxddpm.trainer import TrainingInterrupted
-
-    if not isinstance(exc, (TrainingInterrupted, KeyboardInterrupt, SystemExit)):
-        _Stderr.silence()
-
+from jaxddpm.terminal import RUNTIME_ERROR, USAGE_ERROR, Stderr, fail, failing_run, quiet_libraries
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-process runs (one process per host or per GPU)")
@@ -118,8 +33,41 @@ def _maybe_initialize_distributed(args: argparse.Namespace) -> int:
     try:
         initialize(args.coordinator, args.num_processes, args.process_id)
     except DistributedError as e:
-        return _fail(str(e), USAGE_ERROR)
+        return fail(str(e), USAGE_ERROR)
     return 0
+
+
+DEFAULT_WORKDIR = os.path.join("runs", "quickstart")
+
+
+def _add_workdir_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"training workdir (default: {DEFAULT_WORKDIR}, where jaxddpm train writes)")
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own log output and tracebacks (also: JAXDDPM_DEBUG=1)")
+
+
+def _add_sampler_flags(parser: argparse.ArgumentParser) -> None:
+    from jaxddpm.options import SAMPLERS
+
+    group = parser.add_argument_group("sampler (default: the run's sample section)")
+    group.add_argument("--sampler", choices=SAMPLERS, help="ancestral (the article's, all T steps) or ddim")
+    group.add_argument("--steps", type=int, help="DDIM steps")
+    group.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 ancestral-like")
+    group.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None, help="DDIM: clip the predicted x0 to [-1, 1]")
+    group.add_argument("--guidance", type=float, help="classifier-free guidance scale of a conditional model (0 unconditional, 1 conditional)")
+    group.add_argument("--label", type=int, help="class to draw from a conditional model; -1 cycles through all classes")
+
+
+def _sampler_options(args: argparse.Namespace) -> dict:
+    return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, clip_x0=args.clip_x0, guidance=args.guidance, label=args.label)
+
+
+def _as_flags(message: str) -> str:
+    """A config error about the sample section, in the command line's flag names."""
+    return message.replace("sample.", "--").replace("clip_x0", "clip-x0")
 
 
 def _split_overrides(rest: list[str]) -> dict[str, str]:
@@ -139,12 +87,44 @@ def _split_overrides(rest: list[str]) -> dict[str, str]:
     return overrides
 
 
+TRAIN_EPILOG = """\
+Any config field can be overridden, parsed to the field's type:
+  --config.SECTION.FIELD=VALUE   (or --config.SECTION.FIELD VALUE)
+
+examples:
+  jaxddpm train                                        the quickstart (digits, a few minutes on a CPU)
+  jaxddpm train --config.train.num_steps=4000          train longer (resumes from runs/quickstart)
+  jaxddpm train --config.model.channels="(32, 64, 128)" --config.model.dtype=bfloat16 --workdir runs/x
+  jaxddpm train --config flowers64 --print-config      resolve, check and print a config; write nothing
+  jaxddpm train --list-configs                         the configs that ship with jaxddpm
+
+Every field and its default: jaxddpm/configs/default.py (or --print-config).
+"""
+
+
+def _list_configs() -> int:
+    import importlib
+
+    from jaxddpm import config as config_lib
+
+    for name in config_lib.available_configs():
+        doc = (importlib.import_module(f"jaxddpm.configs.{name}").__doc__ or "").strip()
+        print(f"{name:<12} {' '.join(doc.split())}")
+    return 0
+
+
 def _train(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="jaxddpm train", description="Train a diffusion model (resumes automatically).")
+    parser = argparse.ArgumentParser(prog="jaxddpm train", description="Train a diffusion model (resumes automatically).",
+                                     epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="quickstart", help="a shipped config name or a path to a .py file (default: quickstart)")
     parser.add_argument("--workdir", help="where checkpoints, logs and samples go (default: runs/<config name>)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved, validated config as JSON and exit; writes nothing")
+    parser.add_argument("--list-configs", action="store_true", help="list the shipped configs and exit")
+    _add_common_flags(parser)
     _add_distributed_flags(parser)
     args, rest = parser.parse_known_args(argv)
+    if args.list_configs:
+        return _list_configs()
 
     from jaxddpm import config as config_lib
     from jaxddpm.checkpoint import CheckpointError
@@ -155,7 +135,10 @@ def _train(argv: list[str]) -> int:
         config = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
         config_lib.validate(config)
     except (ValueError, config_lib.ConfigError) as e:
-        return _fail(str(e), USAGE_ERROR)
+        return fail(str(e), USAGE_ERROR)
+    if args.print_config:
+        print(config_lib.to_json(config))
+        return 0
     workdir = args.workdir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     code = _maybe_initialize_distributed(args)
     if code:
@@ -167,81 +150,91 @@ def _train(argv: list[str]) -> int:
 
     from jaxddpm.trainer import TrainingInterrupted, train_and_evaluate
 
-    _Stderr.keep_real()
+    Stderr.keep_real()
     try:
-        train_and_evaluate(config, workdir, on_failure=_failing_run)
+        train_and_evaluate(config, workdir, on_failure=failing_run)
     except TrainingInterrupted as e:
-        _Stderr.write_line(str(e))
+        Stderr.write_line(str(e))
         return 128 + e.signum
     except (config_lib.ConfigError, DataError) as e:
-        return _fail(str(e), USAGE_ERROR)
+        return fail(str(e), USAGE_ERROR)
     except (CheckpointError, FloatingPointError) as e:
-        _Stderr.silence()
-        return _fail(str(e), RUNTIME_ERROR)
+        Stderr.silence()
+        return fail(str(e), RUNTIME_ERROR)
     except OSError as e:
-        _Stderr.silence()
-        return _fail(f"{e.strerror or e} ({e.filename or workdir})", RUNTIME_ERROR)
+        Stderr.silence()
+        return fail(f"{e.strerror or e} ({e.filename or workdir})", RUNTIME_ERROR)
     return 0
 
 
 def _sample(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jaxddpm sample", description="Sample from a workdir's latest checkpoint (EMA parameters).")
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    _add_workdir_flag(parser)
+    parser.add_argument("--num-samples", "--num", dest="num_samples", type=int, default=64, help="number of samples (default 64)")
+    parser.add_argument("--batch-size", type=int, help="samples drawn per compiled call (default: all at once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="PNG path (default: WORKDIR/samples/sample_step<N>_seed<S>.png); an .npz is written beside it")
-    parser.add_argument("--sampler", help="ancestral (the article's, all T steps) or ddim (default: the run's sample.sampler)")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default: the run's sample.steps)")
-    parser.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 ancestral-like (default: the run's sample.eta)")
-    parser.add_argument("--clip-x0", action="store_true", default=None, help="DDIM: clip the predicted x0 to [-1, 1]")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale of a conditional model (0 unconditional, 1 conditional)")
-    parser.add_argument("--label", type=int, help="class to draw from a conditional model; -1 cycles through all classes")
+    _add_sampler_flags(parser)
+    _add_common_flags(parser)
     args = parser.parse_args(argv)
-    if args.num <= 0:
-        return _fail(f"--num must be positive, got {args.num}", USAGE_ERROR)
+    if args.num_samples <= 0 or (args.batch_size is not None and args.batch_size <= 0):
+        return fail(f"--num-samples and --batch-size must be positive, got {args.num_samples} and {args.batch_size}", USAGE_ERROR)
 
     from jaxddpm.checkpoint import CheckpointError
     from jaxddpm.config import ConfigError
     from jaxddpm.generate import sample_workdir
 
-    options = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, clip_x0=args.clip_x0, guidance=args.guidance)
     try:
-        png, npz = sample_workdir(args.workdir, args.num, args.seed, args.out, label=args.label, **options)
+        png, npz = sample_workdir(args.workdir, args.num_samples, args.seed, args.out, batch_size=args.batch_size,
+                                  **_sampler_options(args))
     except (CheckpointError, FileExistsError) as e:
-        return _fail(str(e), USAGE_ERROR)
+        return fail(str(e), USAGE_ERROR)
     except ConfigError as e:
-        return _fail(str(e).replace("sample.", "--").replace("clip_x0", "clip-x0"), USAGE_ERROR)
+        return fail(_as_flags(str(e)), USAGE_ERROR)
     except OSError as e:
-        return _fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
+        return fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
     print(f"wrote {png} and {npz}")
     return 0
 
 
 def _eval(argv: list[str]) -> int:
+    from jaxddpm.options import FID_PUBLISHED_SAMPLES, FID_WARN_BELOW, METRICS
+
     parser = argparse.ArgumentParser(prog="jaxddpm eval", description="Evaluate a workdir's latest checkpoint; results go to WORKDIR/eval/*.json.")
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--metric", action="append", help="bpd, quality or fid; repeat for several (default: bpd and quality)")
+    _add_workdir_flag(parser)
+    parser.add_argument("--metric", action="append", choices=METRICS, help="repeat for several (default: bpd and quality)")
     parser.add_argument("--fresh", action="store_true", help="evaluate the freshly initialised model of the workdir's config instead")
-    parser.add_argument("--num-samples", type=int, default=1000, help="samples for quality and fid (default 1000)")
+    parser.add_argument("--num-samples", "--num", dest="num_samples", type=int, default=1000,
+                        help=f"samples for quality and fid (default 1000; published FIDs use {FID_PUBLISHED_SAMPLES:,})")
     parser.add_argument("--batch-size", type=int, default=250, help="samples drawn per compiled call (default 250)")
     parser.add_argument("--seed", type=int, default=0)
+    _add_sampler_flags(parser)
+    _add_common_flags(parser)
     args = parser.parse_args(argv)
     if args.num_samples < 2 or args.batch_size < 1:
-        return _fail(f"--num-samples must be >= 2 and --batch-size >= 1, got {args.num_samples} and {args.batch_size}", USAGE_ERROR)
+        return fail(f"--num-samples must be >= 2 and --batch-size >= 1, got {args.num_samples} and {args.batch_size}", USAGE_ERROR)
+    metric_names = tuple(args.metric or ("bpd", "quality"))
+    if "fid" in metric_names and args.num_samples < FID_WARN_BELOW:
+        print(f"warning: FID from {args.num_samples:,} samples is biased upwards and not comparable with published FIDs, "
+              f"which use {FID_PUBLISHED_SAMPLES:,} (--num-samples {FID_PUBLISHED_SAMPLES})", file=sys.stderr)
 
     from jaxddpm.checkpoint import CheckpointError
+    from jaxddpm.config import ConfigError
     from jaxddpm.data import DataError
     from jaxddpm.evaluate import EvalError, evaluate
 
     try:
         results = evaluate(
-            args.workdir, tuple(args.metric or ("bpd", "quality")), fresh=args.fresh,
-            num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+            args.workdir, metric_names, fresh=args.fresh,
+            num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size, sampler_options=_sampler_options(args),
+            log=lambda line: print(line, flush=True),
         )
     except (CheckpointError, EvalError, DataError) as e:
-        return _fail(str(e), USAGE_ERROR)
+        return fail(str(e), USAGE_ERROR)
+    except ConfigError as e:
+        return fail(_as_flags(str(e)), USAGE_ERROR)
     except OSError as e:
-        return _fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
+        return fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
     for name, r in results.items():
         if name == "bpd":
             line = f"{r['bpd']:.4f} bits/dim (prior {r['prior_bpd']:.4f}, decoder {r['decoder_bpd']:.4f}) on {r['num_images']} {r['images']} images"
@@ -262,8 +255,9 @@ def _export(argv: list[str]) -> int:
         prog="jaxddpm export",
         description="Write a workdir's newest checkpoint as config.json + model.safetensors (EMA parameters and "
         "BatchNorm statistics; no optimizer state), for jaxddpm.Pipeline.from_pretrained or any safetensors reader.")
-    parser.add_argument("--workdir", default=os.path.join("runs", "quickstart"), help="training workdir (default: runs/quickstart)")
+    _add_workdir_flag(parser)
     parser.add_argument("--out", required=True, help="directory to write (an existing export there is never overwritten)")
+    _add_common_flags(parser)
     args = parser.parse_args(argv)
 
     from jaxddpm.checkpoint import CheckpointError
@@ -271,14 +265,14 @@ def _export(argv: list[str]) -> int:
 
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if os.path.exists(os.path.join(args.out, name)):
-            return _fail(f"{os.path.join(args.out, name)} exists; choose another --out (exports are never overwritten)", USAGE_ERROR)
+            return fail(f"{os.path.join(args.out, name)} exists; choose another --out (exports are never overwritten)", USAGE_ERROR)
     try:
         pipe = Pipeline.from_workdir(args.workdir)
         pipe.save_pretrained(args.out)
     except (CheckpointError, FileExistsError) as e:
-        return _fail(str(e), USAGE_ERROR)
+        return fail(str(e), USAGE_ERROR)
     except OSError as e:
-        return _fail(f"{e.strerror or e} ({e.filename or args.out})", RUNTIME_ERROR)
+        return fail(f"{e.strerror or e} ({e.filename or args.out})", RUNTIME_ERROR)
     print(f"wrote {os.path.join(args.out, CONFIG_FILE)} and {os.path.join(args.out, WEIGHTS_FILE)} (step {pipe.step})")
     return 0
 
@@ -287,7 +281,7 @@ def _parity(argv: list[str]) -> int:
     try:
         from parity.report import main
     except ImportError as e:
-        return _fail(f"jaxddpm parity needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
+        return fail(f"jaxddpm parity needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
     return main(argv)
 
 
@@ -295,7 +289,7 @@ def _convert(argv: list[str]) -> int:
     try:
         from parity.convert_workdir import main
     except ImportError as e:
-        return _fail(f"jaxddpm convert needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
+        return fail(f"jaxddpm convert needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
     return main(argv)
 
 
@@ -332,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
             return USAGE_ERROR
         print(usage, end="")
         return 0 if argv else USAGE_ERROR
-    return COMMANDS[argv[0]][1](argv[1:])
+    if "--verbose" in argv:
+        os.environ["JAXDDPM_DEBUG"] = "1"
+    with quiet_libraries():
+        return COMMANDS[argv[0]][1](argv[1:])
 
 
 if __name__ == "__main__":

@@ -18,15 +18,10 @@ from typing import Any
 import ml_collections
 
 from jaxddpm import configs as configs_package
-from jaxddpm.diffusion import PREDICTIONS
 from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS
-from jaxddpm.parallel import SHARDING_MODES
+from jaxddpm.options import DATA_SOURCES, DTYPES, MODELS, PREDICTIONS, SAMPLERS, SHARDING_MODES
 from jaxddpm.schedule import validate_schedule_args
 
-DATA_SOURCES = ("tfds", "digits", "folder")
-MODELS = ("simple_unet", "ddpm_unet")
-SAMPLERS = ("ancestral", "ddim")
-DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):

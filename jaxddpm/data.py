@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from jaxddpm.config import DATA_SOURCES
+from jaxddpm.options import DATA_SOURCES
 from jaxddpm import files
 from jaxddpm.files import atomic_write
 

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxddpm.options import PREDICTIONS
 from jaxddpm.schedule import Schedule, extract
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
-PREDICTIONS = ("eps", "x0", "v")  # what a model's output estimates
 T = TypeVar("T")
 
 

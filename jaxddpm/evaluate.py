@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,10 +19,10 @@ import numpy as np
 
 from jaxddpm import classifier, data, diffusion, factory, files, inception, likelihood, metrics, sampling
 from jaxddpm.files import atomic_write
-from jaxddpm.pipeline import Pipeline
+from jaxddpm.options import METRICS
+from jaxddpm.pipeline import Pipeline, read_workdir_config, sampler_options_for
 from jaxddpm.train import TrainState
 
-METRICS = ("bpd", "quality", "fid")
 
 
 class EvalError(ValueError):
@@ -68,7 +69,8 @@ def bits_per_dim(pipe: Pipeline, images_u8: np.ndarray, *, seed: int = 0, batch_
     }
 
 
-def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int, batch_size: int) -> dict:
+def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int, batch_size: int,
+            sampler_options: dict | None = None) -> dict:
     """The classifier score of samples next to the same score of real training images."""
     if train_set.num_classes <= 0 or held_out.labels.min(initial=0) < 0:
         raise EvalError("the quality metric needs a labelled dataset (e.g. the quickstart's digits)")
@@ -80,7 +82,7 @@ def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int,
     real = train_set.images[real_idx]
     reference = metrics.feature_statistics(metrics.batched_features(features_fn, train_set.images))
 
-    samples_u8 = pipe.sample(num_samples, seed=seed, batch_size=batch_size)
+    samples_u8 = data.to_uint8(pipe.generate(num_samples, seed=seed, batch_size=batch_size, progress=True, **(sampler_options or {}))[0])
 
     def score(images_u8, probs):
         result = metrics.classifier_score(probs)
@@ -112,35 +114,52 @@ def evaluate(
     feature_fn: metrics.FeatureFn | None = None,
     feature_name: str = "inception",
     write: bool = True,
+    sampler_options: dict | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Evaluate a workdir's latest checkpoint (EMA parameters), or with ``fresh`` the
     freshly initialised model of its config. ``feature_fn`` replaces the Inception network
-    for FID (e.g. a stand-in); by default it is loaded as `inception_feature_fn` says."""
+    for FID (e.g. a stand-in); by default it is loaded as `inception_feature_fn` says.
+    ``sampler_options`` (`Pipeline.sample`'s sampler, steps, eta, clip_x0, guidance; None
+    keeps the run's) choose how quality and FID samples are drawn; each result records the
+    sampler used. ``log``, if given, receives a line as each metric starts.
+    """
     for name in metric_names:
         if name not in METRICS:
             raise EvalError(f"metric {name!r} is unknown; allowed: {', '.join(METRICS)}")
+    options = {k: v for k, v in (sampler_options or {}).items() if v is not None}
+    # Checked before any checkpoint is read; ConfigError names the option.
+    resolved, label = sampler_options_for(read_workdir_config(workdir), **options)
     pipe = Pipeline.from_workdir(workdir)
     config = pipe.config
     if fresh:
         pipe = Pipeline(config, sampling.sampling_variables(fresh_state(config)), step=0)
     step = pipe.step
+    sampler_record = dict({k: resolved[k] for k in ("sampler", "steps", "eta", "clip_x0", "guidance")}, label=label)
     train_set, held_out = data.load_splits(config.data)
     results = {}
+    what = {"bpd": "the variational bound on held-out images", "quality": f"{num_samples} samples and a classifier",
+            "fid": f"{num_samples} samples and the feature network"}
     for name in metric_names:
         start = time.perf_counter()
+        if log is not None:
+            log(f"{name}: {what[name]} (step {step}{', fresh model' if fresh else ''}) ...")
         if name == "bpd":
             images = held_out.images if len(held_out) else train_set.images
             result = bits_per_dim(pipe, images, seed=seed)
             result["images"] = "held-out" if len(held_out) else "training (data.holdout = 0)"
         elif name == "quality":
-            result = quality(pipe, train_set, held_out, num_samples=num_samples, seed=seed, batch_size=batch_size)
+            result = quality(pipe, train_set, held_out, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                             sampler_options=options)
+            result["sampler"] = sampler_record
         else:
             fn = feature_fn or inception_feature_fn()
             reference = metrics.reference_statistics(
                 fn, train_set.images, default_cache_dir(config), f"{feature_name}-{config.data.source}-{config.data.image_size}"
             )
-            samples_u8 = pipe.sample(num_samples, seed=seed, batch_size=batch_size)
-            result = {"fid": metrics.fid(fn, samples_u8, reference), "num_samples": num_samples, "features": feature_name}
+            samples_u8 = data.to_uint8(pipe.generate(num_samples, seed=seed, batch_size=batch_size, progress=True, **options)[0])
+            result = {"fid": metrics.fid(fn, samples_u8, reference), "num_samples": num_samples, "features": feature_name,
+                      "sampler": sampler_record}
         result.update(metric=name, step=step, fresh=fresh, seed=seed, seconds=round(time.perf_counter() - start, 1))
         results[name] = result
         if write and jax.process_index() == 0:

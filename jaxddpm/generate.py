@@ -8,8 +8,8 @@ import os
 import jax
 import numpy as np
 
-from jaxddpm import checkpoint, config as config_lib, factory, images
-from jaxddpm.pipeline import Pipeline, read_workdir_config
+from jaxddpm import checkpoint, factory, images
+from jaxddpm.pipeline import Pipeline, read_workdir_config, sampler_options_for
 from jaxddpm.train import TrainState
 
 
@@ -17,15 +17,8 @@ def load_workdir(workdir: str) -> tuple[object, TrainState]:
     """(config, whole training state) of the newest restorable checkpoint in ``workdir``
     (optimizer state included; to sample, `Pipeline.from_workdir` reads less)."""
     config = read_workdir_config(workdir)
-    target = factory.initial_state(config, jax.random.key(0))
-    manager = checkpoint.make_manager(workdir, read_only=True)
-    try:
-        restored = checkpoint.restore_latest(manager, target)
-    finally:
-        manager.close()
-    if restored is None:
-        raise checkpoint.CheckpointError(f"workdir {workdir}: no checkpoint could be restored")
-    return config, restored[0]
+    state, _ = checkpoint.restore_workdir(workdir, checkpoint.restore_latest, factory.initial_state(config, jax.random.key(0)))
+    return config, state
 
 
 def sample_workdir(
@@ -38,18 +31,13 @@ def sample_workdir(
     workdir config's ``sample`` section. The options and the output paths are checked
     before any checkpoint is opened.
     """
-    config = read_workdir_config(workdir)
-    merged = config_lib.apply_overrides(config, {f"sample.{k}": str(v) for k, v in options.items() if v is not None})
-    merged.sample.num = num
-    if label is not None:
-        merged.sample.label = label
-    config_lib.validate_sampling(merged.sample, config.diffusion.num_timesteps, config.model.num_classes)
+    sampler_options_for(read_workdir_config(workdir), label=label, **options)  # ConfigError before any checkpoint is read
     if out is not None:
         _refuse_existing(out)
     pipe = Pipeline.from_workdir(workdir)
     out = out or os.path.join(workdir, "samples", f"sample_step{pipe.step}_seed{seed}.png")
     npz = _refuse_existing(out)
-    samples, labels = pipe.generate(num, seed=seed, batch_size=batch_size, label=label, **options)
+    samples, labels = pipe.generate(num, seed=seed, batch_size=batch_size, progress=True, label=label, **options)
     images.save_grid(out, samples)
     extra = {} if labels is None else {"labels": labels}
     np.savez(npz, samples=samples, step=pipe.step, seed=seed, **extra)

@@ -18,8 +18,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxddpm.options import SHARDING_MODES
+
 DATA_AXIS = "data"
-SHARDING_MODES = ("replicated", "fsdp")
 FSDP_MIN_SIZE = 2**14  # arrays smaller than this stay replicated under fsdp
 
 

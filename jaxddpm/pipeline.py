@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxddpm import checkpoint, config as config_lib, data, factory, parallel, sampling
 from jaxddpm.files import atomic_write
+from jaxddpm.runtime import Progress
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -54,15 +55,7 @@ class Pipeline:
         """The newest restorable checkpoint of a training workdir: only its EMA parameters and
         BatchNorm statistics are read (no optimizer state). `CheckpointError` if there is none."""
         config = read_workdir_config(workdir)
-        abstract = abstract_variables(config)
-        manager = checkpoint.make_manager(workdir, read_only=True)
-        try:
-            restored = checkpoint.restore_variables_latest(manager, abstract)
-        finally:
-            manager.close()
-        if restored is None:
-            raise checkpoint.CheckpointError(f"workdir {workdir}: no checkpoint could be restored")
-        variables, meta = restored
+        variables, meta = checkpoint.restore_workdir(workdir, checkpoint.restore_variables_latest, abstract_variables(config))
         return cls(config, variables, step=int(meta["step"]))
 
     @classmethod
@@ -103,21 +96,17 @@ class Pipeline:
             f.write(config_lib.to_json(self.config))
         return directory
 
-    def sampler_options(self, *, sampler=None, steps=None, eta=None, clip_x0=None, guidance=None, label=None) -> tuple[dict, int]:
-        """(`sampling.make_sampler` options, label) from the config's ``sample`` section with
-        the given values over it; `ConfigError` with one line if they cannot run."""
-        merged = config_lib.apply_overrides(self.config, {})
-        for name, value in dict(sampler=sampler, steps=steps, eta=eta, clip_x0=clip_x0, guidance=guidance, label=label).items():
-            if value is not None:
-                merged.sample[name] = value
-        config_lib.validate_sampling(merged.sample, self.config.diffusion.num_timesteps, self.config.model.num_classes)
-        return sampling.sampler_options(merged), int(merged.sample.label)
+    def sampler_options(self, **options) -> tuple[dict, int]:
+        """`sampler_options_for` this pipeline's config."""
+        return sampler_options_for(self.config, **options)
 
-    def generate(self, num: int, *, seed: int, batch_size: int | None = None, **options) -> tuple[np.ndarray, np.ndarray | None]:
+    def generate(self, num: int, *, seed: int, batch_size: int | None = None, progress: bool = False,
+                 **options) -> tuple[np.ndarray, np.ndarray | None]:
         """``num`` samples as float32 NHWC in [-1, 1], and their labels (None if unconditional).
 
         With ``batch_size`` < ``num``, batch i is drawn from ``fold_in(key(seed), i)``; else
-        all from ``key(seed)``. ``options``: see `sample`."""
+        all from ``key(seed)``. ``progress``: a progress bar over the batches on a terminal.
+        ``options``: see `sample`."""
         if num <= 0:
             raise config_lib.ConfigError(f"num must be positive, got {num}")
         sampler_options, label = self.sampler_options(**options)
@@ -126,10 +115,13 @@ class Pipeline:
         run = self._sampler(batch, sampler_options)
         if batch == num:
             return np.asarray(run(self.variables, jax.random.key(seed), labels)), labels
+        bar = Progress(-(-num // batch), quiet=not progress, unit="batch")
         chunks = []
         for i, start in enumerate(range(0, num, batch)):
             chunk_labels = None if labels is None else np.resize(labels[start:], batch)
             chunks.append(np.asarray(run(self.variables, jax.random.fold_in(jax.random.key(seed), i), chunk_labels)))
+            bar.update(1)
+        bar.close()
         return np.concatenate(chunks)[:num], labels
 
     def sample(self, num: int, *, seed: int, sampler: str | None = None, steps: int | None = None,
@@ -148,6 +140,18 @@ class Pipeline:
             self._samplers[key] = sampling.make_sampler(
                 self.model, self.schedule, (batch, *self.image_shape), parallel.make_mesh(), **options)
         return self._samplers[key]
+
+
+def sampler_options_for(config: ml_collections.ConfigDict, *, sampler=None, steps=None, eta=None, clip_x0=None,
+                        guidance=None, label=None) -> tuple[dict, int]:
+    """(`sampling.make_sampler` options, label) from a config's ``sample`` section with the
+    given values (those not None) over it; `ConfigError` with one line if they cannot run."""
+    merged = config_lib.apply_overrides(config, {})
+    for name, value in dict(sampler=sampler, steps=steps, eta=eta, clip_x0=clip_x0, guidance=guidance, label=label).items():
+        if value is not None:
+            merged.sample[name] = value
+    config_lib.validate_sampling(merged.sample, config.diffusion.num_timesteps, config.model.num_classes)
+    return sampling.sampler_options(merged), int(merged.sample.label)
 
 
 def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:

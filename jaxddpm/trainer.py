@@ -314,6 +314,10 @@ def train_and_evaluate(
         progress.log(f"skipped {dataset.skipped} image files that could not be decoded")
     devices = f", {mesh.size} devices in {jax.process_count()} processes" if mesh.size > 1 else ""
     progress.log(f"training {run.total} steps ({len(dataset)} images, batch {config.train.batch_size}{devices}) from step {run.start}")
+    if run.start < run.total:
+        parameters = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(run.state.params))
+        progress.log(f"model {config.model.name}: {parameters:,} parameters; compiling the training step "
+                     f"({run.per_call} steps per call) before the first step")
 
     with contextlib.ExitStack() as stack:
         stop = stack.enter_context(stop_requests())

@@ -13,17 +13,20 @@ import argparse
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
-import torch
-
-from jaxddpm import checkpoint, config as config_lib, factory, sampling
-from jaxddpm.train import TrainState, make_optimizer, state_from_variables
-from parity import convert
-from parity.report import load_state_dict
+# JAX, PyTorch and the conversion tables are imported inside the functions, after the
+# arguments are parsed, so that --help answers at once.
 
 
-def import_torch_checkpoint(path: str, workdir: str, config_name: str = "flowers64") -> TrainState:
+def import_torch_checkpoint(path: str, workdir: str, config_name: str = "flowers64"):
+    """Write ``workdir`` (config.json and a step-0 checkpoint) from an article-model
+    state_dict; returns the `TrainState` written."""
+    import jax.numpy as jnp
+
+    from jaxddpm import checkpoint, config as config_lib, factory, sampling
+    from jaxddpm.train import make_optimizer, state_from_variables
+    from parity import convert
+    from parity.report import load_state_dict
+
     if checkpoint.has_checkpoints(workdir) or os.path.exists(os.path.join(workdir, "config.json")):
         raise FileExistsError(f"--out {workdir} already holds a run; choose a new directory (runs are never overwritten)")
     state_dict = load_state_dict(path)
@@ -53,7 +56,11 @@ def import_torch_checkpoint(path: str, workdir: str, config_name: str = "flowers
 
 
 def export_torch_checkpoint(workdir: str, out: str, weights: str = "ema") -> dict:
+    import jax
+    import torch
+
     from jaxddpm.generate import load_workdir
+    from parity import convert
 
     if os.path.exists(out):
         raise FileExistsError(f"--out {out} exists; choose another path (files are never overwritten)")
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the workdir (--from-torch) or .pt file (--to-torch) to create")
     parser.add_argument("--weights", choices=("ema", "params"), default="ema", help="which parameters to export (default: ema)")
     args = parser.parse_args(argv)
+    from jaxddpm import checkpoint, config as config_lib
+    from parity import convert
+
     try:
         if args.from_torch:
             import_torch_checkpoint(args.from_torch, args.out)

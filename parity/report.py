@@ -7,9 +7,11 @@ import json
 import sys
 
 from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS, ConvPolicy
-from parity import checks
 
-SIZES = {"full": checks.FULL, "small": checks.SMALL}
+# The names the command line offers; `parity.checks` (which loads PyTorch) is imported only
+# after the arguments are parsed. tests/test_parity_checks.py checks they match the checks.
+CHECK_NAMES = ("embeddings", "schedule", "q_sample", "forward", "loss", "gradients", "training", "sampling", "round_trip")
+SIZE_NAMES = ("full", "small")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -19,9 +21,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--float64", action="store_true", help="run both frameworks in double precision")
     parser.add_argument("--json", action="store_true", help="print machine-readable results")
     parser.add_argument("--torch-checkpoint", metavar="FILE", help="article-model state_dict (torch.save) to check instead of a random init")
-    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="model size (default: the article's full model)")
-    parser.add_argument("--steps", type=int, default=3, help="Adam steps in the training check (default 3; float32 judges step 1, see --float64)")
-    parser.add_argument("--only", nargs="+", choices=list(checks.CHECKS), help="run only these checks")
+    parser.add_argument("--size", choices=SIZE_NAMES, default="full", help="model size (default: the article's full model)")
+    parser.add_argument("--adam-steps", "--steps", dest="steps", type=int, default=3, help="Adam steps in the training check (default 3; float32 judges step 1, see --float64)")
+    parser.add_argument("--only", nargs="+", choices=CHECK_NAMES, help="run only these checks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--conv-impl", choices=CONV_IMPLS, default=ConvPolicy.impl,
                         help=f"jaxddpm's convolution forms (same math; default {ConvPolicy.impl})")
@@ -46,9 +48,11 @@ def load_state_dict(path: str) -> dict:
     return obj
 
 
-def sizes_for(state_dict: dict | None, size: str) -> checks.Sizes:
-    """The check sizes; for a user's checkpoint, the model sizes come from its weights."""
-    base = SIZES[size]
+def sizes_for(state_dict: dict | None, size: str):
+    """The check sizes (`checks.Sizes`); for a user's checkpoint, the model sizes come from its weights."""
+    from parity import checks
+
+    base = {"full": checks.FULL, "small": checks.SMALL}[size]
     if state_dict is None:
         return base
     from parity import convert
@@ -86,8 +90,10 @@ def format_table(results) -> str:
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
     args = args or build_parser().parse_args(argv)
     if args.steps < 1:
-        print("error: --steps must be at least 1", file=sys.stderr)
+        print("error: --adam-steps must be at least 1", file=sys.stderr)
         return 2
+    from parity import checks
+
     state_dict = load_state_dict(args.torch_checkpoint) if args.torch_checkpoint else None
     try:
         sizes = sizes_for(state_dict, args.size)

@@ -1,7 +1,9 @@
 """The ``jaxddpm`` command line end to end: its outputs, its options, and one-line errors
 for bad input that write nothing."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -129,3 +131,92 @@ def test_version_and_usage(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: jaxddpm {train,sample,eval,export,convert,parity,bench} ...   (or: python -m jaxddpm ...)")
     assert "--version" in out
+
+
+HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "torch", "tensorflow", "tensorflow_datasets", "ml_collections")
+
+
+def test_every_help_answers_without_loading_jax_or_torch():
+    """--help of every command parses and prints before any heavy library is imported
+    (each would cost a second or more); checked with those libraries made unimportable."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {HEAVY!r}:\n"
+        "            raise ImportError(name + ' was imported before the arguments were parsed')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from jaxddpm import cli\n"
+        "for command in list(cli.COMMANDS):\n"
+        "    try:\n"
+        "        cli.main([command, '--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (command, e.code)\n"
+        "    else:\n"
+        "        raise AssertionError(command + ' --help did not exit')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--config.SECTION.FIELD=VALUE" in proc.stdout and "--print-config" in proc.stdout
+    assert "--num-samples NUM_SAMPLES, --num NUM_SAMPLES" in proc.stdout and "--clip-x0, --no-clip-x0" in proc.stdout
+
+
+def test_print_config_and_list_configs_write_nothing(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--workdir", str(workdir), "--print-config", "--config.train.num_steps=7"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["num_steps"] == 7 and printed["data"]["source"] == "digits"
+    assert cli.main(["train", "--workdir", str(workdir), "--print-config", "--config.train.num_steps=x"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not workdir.exists()
+    assert cli.main(["train", "--list-configs"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["flowers64", "quickstart"]
+
+
+def test_sample_stderr_holds_only_its_own_lines(tiny_run, tmp_path):
+    """Arguments are checked before any checkpoint is opened, and orbax's own warnings stay
+    off the terminal: stderr is empty on success and exactly one line on each error."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "jaxddpm", "sample", "--workdir", tiny_run, *args],
+                              capture_output=True, text=True, timeout=120)
+
+    out = tmp_path / "s.png"
+    ok = run("--num-samples", "3", "--out", str(out), "--sampler", "ddim", "--steps", "4", "--no-clip-x0")
+    assert ok.returncode == 0 and ok.stderr == "" and out.exists()
+    errors = {
+        ("--out", str(out)): f"error: {out} exists; choose another --out (existing files are never overwritten)\n",
+        ("--sampler", "ddim", "--steps", "0", "--out", str(tmp_path / "b.png")):
+            "error: --steps=0 must lie in [1, 10] (diffusion.num_timesteps)\n",
+        ("--label", "3", "--out", str(tmp_path / "c.png")):
+            "error: --label and --guidance need a class-conditional model (model.num_classes > 0)\n",
+    }
+    for args, expected in errors.items():
+        proc = run(*args)
+        assert (proc.returncode, proc.stderr) == (2, expected), args
+    bad_choice = run("--sampler", "nope")
+    assert bad_choice.returncode == 2 and "jaxddpm sample: error: argument --sampler: invalid choice: 'nope'" in bad_choice.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["metadata", "truncated", "deleted"])
+def test_a_damaged_checkpoint_is_one_warning_line(tiny_run, tmp_path, damage):
+    """However the newest checkpoint is damaged (its metadata, its array data truncated or
+    deleted), resuming prints exactly one line naming it and where it was moved."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir)
+    state = workdir / "checkpoints" / "4" / "state"
+    if damage == "metadata":
+        (state / "_METADATA").write_text("{broken")
+    for path in (state / "ocdbt.process_0" / "d").iterdir():
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+        elif damage == "deleted":
+            path.unlink()
+    proc = subprocess.run([sys.executable, "-m", "jaxddpm", "train", "--workdir", str(workdir), *tiny_argv(train__num_steps=6)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    moved = next((workdir / "damaged_checkpoints").iterdir())
+    assert proc.stderr == (f"warning: checkpoint at step 4 could not be restored "
+                           f"({'JSONDecodeError' if damage == 'metadata' else 'Exception'}); moved to {moved}; trying an older one\n")
+    assert "resumed from the checkpoint at step 2" in proc.stdout and "done: step 6" in proc.stdout

@@ -41,6 +41,8 @@ def test_evaluate_end_to_end_with_a_stand_in_feature_network(trained_workdir, mo
     for name in ("bpd", "quality", "fid"):
         saved = json.load(open(results[name]["path"]))
         assert saved["metric"] == name and saved["step"] == 30
+    assert results["quality"]["sampler"] == results["fid"]["sampler"] == dict(
+        sampler="ancestral", steps=50, eta=0.0, clip_x0=False, guidance=1.0, label=-1)
     # The trained model's bound is lower than the freshly initialised model's.
     fresh = evaluate(trained_workdir, ("bpd",), fresh=True)["bpd"]
     assert fresh["step"] == 0 and fresh["bpd"] > bpd["bpd"]
@@ -50,7 +52,11 @@ def test_evaluate_end_to_end_with_a_stand_in_feature_network(trained_workdir, mo
 def test_eval_command_line_errors(trained_workdir, tmp_path, capsys):
     assert cli.main(["eval", "--workdir", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert cli.main(["eval", "--workdir", trained_workdir, "--metric", "is"]) == 2
-    assert capsys.readouterr().err.strip() == "error: metric 'is' is unknown; allowed: bpd, quality, fid"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--workdir", trained_workdir, "--metric", "is"])
+    assert exit_info.value.code == 2
+    assert "jaxddpm eval: error: argument --metric: invalid choice: 'is'" in capsys.readouterr().err
+    assert cli.main(["eval", "--workdir", trained_workdir, "--sampler", "ddim", "--steps", "99"]) == 2
+    assert capsys.readouterr().err == "error: --steps=99 must lie in [1, 10] (diffusion.num_timesteps)\n"
     with pytest.raises(EvalError, match="FID needs PyTorch and pytorch-fid|Inception weights were not found"):
         evaluate(trained_workdir, ("fid",), num_samples=4, batch_size=4)

@@ -1,4 +1,4 @@
-"""A few minutes on a laptop CPU: scikit-learn's bundled handwritten digits (1,797 8x8
+"""A few minutes on a laptop CPU: the UCI handwritten digits that ship with jaxddpm (1,797 8x8
 greyscale images, upscaled to 16x16; 1,500 for training, 297 held out) and a small
 SimpleUNet. Needs no network."""
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax
-
 CONV_IMPLS = ("auto", "xla", "cpu")
 UPSAMPLE_IMPLS = ("phases", "subpixel", "dilated")
 
@@ -54,6 +52,8 @@ class ConvPolicy:
         """``"cpu"`` or ``"xla"``: ``impl`` with ``"auto"`` resolved by JAX's default backend."""
         if self.impl != "auto":
             return self.impl
+        import jax
+
         return "cpu" if jax.default_backend() == "cpu" else "xla"
 
     def use_winograd(self, x_shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import sys
 
 CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 OPT_OUT = "JAXDDPM_XLA_FLAGS"
@@ -42,6 +43,8 @@ def merged(existing: str, flags: tuple[str, ...] = CPU_FLAGS) -> str:
 
 
 def _backends_started() -> bool:
+    if "jax" not in sys.modules:  # no backend without JAX (and importing it here would cost a second)
+        return False
     try:
         from jax._src import xla_bridge
 
