@@ -70,17 +70,17 @@ def test_core_dependencies_leave_out_the_heavy_optional_ones():
     """A plain `pip install jaxddpm` gets neither TensorFlow, TFDS, PyTorch nor scikit-learn."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=;\[ ]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
-    assert not names & {"tensorflow", "tensorflow-cpu", "tensorflow-datasets", "torch", "scikit-learn", "keras"}
+    assert not names & {"tensorflow", "tensorflow-cpu", "tensorflow-datasets", "torch", "scikit-learn", "keras", "matplotlib"}
     assert any(dep.startswith("tensorflow-datasets") for dep in project["optional-dependencies"]["flowers"])
 
 
 @pytest.mark.slow
 def test_train_and_the_pipeline_run_without_the_optional_dependencies(tmp_path):
     """What a plain install runs: `jaxddpm train` (tiny), `jaxddpm export`, and the README's
-    Pipeline lines, with torch, TensorFlow, TFDS and scikit-learn impossible to import."""
+    Pipeline lines, with torch, TensorFlow, TFDS, scikit-learn and matplotlib impossible to import."""
     workdir, export, grid = tmp_path / "run", tmp_path / "export", tmp_path / "grid.png"
     _run(
-        BLOCK.format(blocked={"torch", "tensorflow", "tensorflow_datasets", "sklearn", "keras"})
+        BLOCK.format(blocked={"torch", "tensorflow", "tensorflow_datasets", "sklearn", "keras", "matplotlib"})
         + "from tests.helpers import tiny_argv\n"
         + "from jaxddpm import cli\n"
         + f"assert cli.main(['train', '--workdir', {str(workdir)!r}, *tiny_argv()]) == 0\n"
