@@ -71,7 +71,11 @@ def bits_per_dim(pipe: Pipeline, images_u8: np.ndarray, *, seed: int = 0, batch_
 
 def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int, batch_size: int,
             sampler_options: dict | None = None) -> dict:
-    """The classifier score of samples next to the same score of real training images."""
+    """Samples next to real training images, in the classifier's feature space: the
+    confident-label share, the Fréchet distance to the training set's statistics, improved
+    precision and recall (k = 3) against the training images not in the real comparison set,
+    and, in pixel space, the share of samples closer to a training image than held-out
+    images are (memorisation)."""
     if train_set.num_classes <= 0 or held_out.labels.min(initial=0) < 0:
         raise EvalError("the quality metric needs a labelled dataset (e.g. the quickstart's digits)")
     if len(held_out) < 10 * train_set.num_classes:
@@ -80,13 +84,18 @@ def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int,
     probs_fn, features_fn = classifier.classifier_fns(params, train_set.num_classes)
     real_idx = np.random.default_rng(seed).choice(len(train_set), size=min(num_samples, len(train_set)), replace=False)
     real = train_set.images[real_idx]
-    reference = metrics.feature_statistics(metrics.batched_features(features_fn, train_set.images))
+    train_features = metrics.batched_features(features_fn, train_set.images)
+    reference = metrics.feature_statistics(train_features)
+    manifold = train_features[np.setdiff1d(np.arange(len(train_set)), real_idx)]  # training images not in `real`
 
     samples_u8 = data.to_uint8(pipe.generate(num_samples, seed=seed, batch_size=batch_size, progress=True, **(sampler_options or {}))[0])
 
     def score(images_u8, probs):
+        features = metrics.batched_features(features_fn, images_u8)
         result = metrics.classifier_score(probs)
-        result["frechet_distance"] = metrics.fid(features_fn, images_u8, reference)
+        result["frechet_distance"] = metrics.frechet_distance(*metrics.feature_statistics(features), *reference)
+        if len(manifold) > 3:
+            result.update(metrics.precision_recall(manifold, features))
         return result
 
     real_probs = metrics.batched_features(probs_fn, real)
@@ -97,6 +106,7 @@ def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int,
         "samples": sample_score,
         "real": real_score,
         "confident_share_vs_real": sample_score["confident_share"] / max(real_score["confident_share"], 1e-12),
+        "memorisation": metrics.memorisation(*(x.reshape(len(x), -1).astype(np.float32) for x in (samples_u8, train_set.images, held_out.images))),
         "classifier_accuracy_on_real": accuracy_on_real,
         "num_samples": num_samples,
         "classifier": f"SmallCNN trained on the {len(held_out)} held-out images; real = {len(real)} training images",

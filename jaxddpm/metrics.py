@@ -95,3 +95,46 @@ def classifier_score(probs: np.ndarray, threshold: float = 0.9) -> dict:
         "class_counts": counts.tolist(),
         "threshold": threshold,
     }
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(len(a), len(b)) squared Euclidean distances, in float64, a chunk of rows at a time."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    b_sq = np.sum(b * b, axis=1)
+    rows = [np.maximum(np.sum(part * part, axis=1)[:, None] + b_sq[None, :] - 2.0 * part @ b.T, 0.0)
+            for part in np.array_split(a, max(1, -(-len(a) // chunk)))]
+    return np.concatenate(rows)
+
+
+def knn_radii(features: np.ndarray, k: int = 3) -> np.ndarray:
+    """Each point's distance to its k-th nearest other point of the same set."""
+    d = _squared_distances(features, features)
+    np.fill_diagonal(d, np.inf)
+    return np.sqrt(np.partition(d, k - 1, axis=1)[:, k - 1])
+
+
+def precision_recall(real: np.ndarray, generated: np.ndarray, k: int = 3) -> dict:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of ``generated`` against
+    ``real`` features: precision is the share of generated points inside the real manifold
+    (the union of balls around each real point reaching its k-th nearest real neighbour),
+    recall the share of real points inside the generated manifold."""
+    real_radii, generated_radii = knn_radii(real, k), knn_radii(generated, k)
+    d = np.sqrt(_squared_distances(generated, real))  # (generated, real)
+    precision = np.mean(np.any(d <= real_radii[None, :], axis=1))
+    recall = np.mean(np.any(d <= generated_radii[:, None], axis=0))
+    return {"precision": float(precision), "recall": float(recall), "k": k}
+
+
+def nearest_distances(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each query's distance to its nearest point of ``reference``."""
+    return np.sqrt(_squared_distances(queries, reference).min(axis=1))
+
+
+def memorisation(samples: np.ndarray, training: np.ndarray, held_out: np.ndarray, quantile: float = 0.05) -> dict:
+    """How many samples sit closer to a training image than held-out images typically do:
+    the share of samples whose nearest training image is nearer than the ``quantile`` of the
+    held-out images' nearest-training distances. A model that does not copy its training
+    images gives about ``quantile``; one that copies gives more."""
+    threshold = float(np.quantile(nearest_distances(held_out, training), quantile))
+    share = float(np.mean(nearest_distances(samples, training) < threshold))
+    return {"share_closer_than_held_out": share, "expected_without_copying": quantile, "threshold": threshold}

@@ -37,6 +37,9 @@ def test_evaluate_end_to_end_with_a_stand_in_feature_network(trained_workdir, mo
     assert bpd["bpd"] == pytest.approx(bpd["prior_bpd"] + sum(bpd["timestep_bpd"]), rel=1e-5)
     quality = results["quality"]
     assert 0 <= quality["samples"]["confident_share"] <= 1 and quality["real"]["num_classes"] == 10
+    for part in ("samples", "real"):
+        assert 0 <= quality[part]["precision"] <= 1 and 0 <= quality[part]["recall"] <= 1 and quality[part]["k"] == 3
+    assert 0 <= quality["memorisation"]["share_closer_than_held_out"] <= 1
     assert np.isfinite(results["fid"]["fid"]) and results["fid"]["fid"] >= 0
     for name in ("bpd", "quality", "fid"):
         saved = json.load(open(results[name]["path"]))
