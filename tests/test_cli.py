@@ -220,3 +220,14 @@ def test_a_damaged_checkpoint_is_one_warning_line(tiny_run, tmp_path, damage):
     assert proc.stderr == (f"warning: checkpoint at step 4 could not be restored "
                            f"({'JSONDecodeError' if damage == 'metadata' else 'Exception'}); moved to {moved}; trying an older one\n")
     assert "resumed from the checkpoint at step 2" in proc.stdout and "done: step 6" in proc.stdout
+
+
+def test_sample_and_eval_default_to_the_train_workdir_and_fid_warns(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/quickstart here
+    assert cli.main(["sample"]) == 2
+    assert capsys.readouterr().err == f"error: workdir {os.path.join('runs', 'quickstart')} does not exist\n"
+    assert cli.main(["eval", "--metric", "fid", "--num-samples", "100"]) == 2
+    assert capsys.readouterr().err == (
+        "warning: FID from 100 samples is biased upwards and not comparable with published FIDs, which use 50,000 "
+        "(--num-samples 50000)\n"
+        f"error: workdir {os.path.join('runs', 'quickstart')} does not exist\n")

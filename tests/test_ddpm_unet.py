@@ -1,4 +1,4 @@
-"""The residual U-Net (`jaxddpm.unet.DDPMUNet`)."""
+"""The residual U-Net (`jaxddpm.DDPMUNet`, jaxddpm/models/ddpm_unet.py)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,7 @@
 """`ConvPolicy`: which form computes each convolution (every form computes the same function).
 
 The thresholds are where each form was measured faster on XLA:CPU (scripts/bench_conv_grads.py
-and scripts/bench_winograd.py; results in experiments/bench/README.md). A model receives one
+and scripts/bench_forms.py; results in experiments/bench/README.md). A model receives one
 policy as a field; benchmarks and tests build their own through the constructor.
 """
 
