@@ -240,13 +240,15 @@ def restore_variables_latest(manager: ocp.CheckpointManager, abstract_variables:
     raw parameters. ``abstract_variables`` gives their shapes, dtypes and shardings."""
     target = {"ema_params": abstract_variables["params"], "batch_stats": abstract_variables["batch_stats"]}
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    try:
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    except TypeError:  # orbax before partial_restore: an empty transform restores the subtree
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, transforms={})
     manager.reload()
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             with _quiet_failed_reads():
-                restored = manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True),
-                    metadata=ocp.args.JsonRestore()))
+                restored = manager.restore(step, args=ocp.args.Composite(state=args, metadata=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
             warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one", stacklevel=2)
             continue
