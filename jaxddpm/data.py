@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from jaxddpm.options import DATA_SOURCES
 from jaxddpm import files
 from jaxddpm.files import atomic_write
+from jaxddpm.runtime import Progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -87,6 +88,7 @@ def load_folder(path: str, image_size: int, channels: int) -> ImageDataset:
         if name.lower().endswith(IMAGE_SUFFIXES)
     )
     images, skipped = [], 0
+    bar = Progress(len(files), unit="image")  # a bar on a terminal, silent otherwise
     for file in files:
         try:
             with Image.open(file) as im:
@@ -94,6 +96,8 @@ def load_folder(path: str, image_size: int, channels: int) -> ImageDataset:
                 images.append(resize(im, image_size, channels))
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             skipped += 1
+        bar.update(1)
+    bar.close()
     if not images:
         raise DataError(
             f"data.path {path} holds no readable images ({len(files)} JPEG/PNG files found, {skipped} unreadable); "
@@ -155,10 +159,14 @@ def load_tfds(
         with np.load(cache) as f:
             return ImageDataset(f["images"], f["labels"], int(f["num_classes"]))
     images, labels = [], []
-    for split in splits.split("+"):
-        for example in _tfds_examples(name, split, data_dir, download):
+    sources = [_tfds_examples(name, split, data_dir, download) for split in splits.split("+")]
+    bar = Progress(sum(len(source) for source in sources), unit="image")  # decoded once, then cached
+    for source in sources:
+        for example in source:
             images.append(resize(to_pil(np.asarray(example["image"])), image_size, channels))
             labels.append(int(example.get("label", -1)))
+            bar.update(1)
+    bar.close()
     if not images:
         raise DataError(f"TFDS dataset {name!r} split {splits!r} is empty")
     labels_array = np.asarray(labels, np.int32)

@@ -76,11 +76,10 @@ def initial_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainSta
                                 parallel.make_mesh(), config.train.sharding)
 
 
-def steps_per_call(config: ml_collections.ConfigDict) -> int:
-    """Training steps per compiled call: ``train.steps_per_call``, except 1 for models
-    other than simple_unet on the CPU (XLA:CPU runs their gradient convolutions slowly
-    inside a loop; simple_unet's `ConvPolicy` forms stay fast there)."""
-    if config.model.name != "simple_unet" and jax.default_backend() == "cpu":
+def steps_per_call(config: ml_collections.ConfigDict, model) -> int:
+    """Training steps per compiled call: ``train.steps_per_call``, or 1 where the model says
+    its training step is slow inside a loop on this backend (``model.fast_in_loops()``)."""
+    if not model.fast_in_loops():
         return 1
     return int(config.train.steps_per_call)
 

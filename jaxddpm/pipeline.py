@@ -45,6 +45,7 @@ class Pipeline:
         self.variables = variables
         self.step = step
         self._samplers: dict = {}
+        self._bar: Progress | None = None  # the progress display of the sampling call in progress
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -105,24 +106,30 @@ class Pipeline:
         """``num`` samples as float32 NHWC in [-1, 1], and their labels (None if unconditional).
 
         With ``batch_size`` < ``num``, batch i is drawn from ``fold_in(key(seed), i)``; else
-        all from ``key(seed)``. ``progress``: a progress bar over the batches on a terminal.
+        all from ``key(seed)``. ``progress``: on a terminal, a progress bar over the reverse steps of all
+        batches (the sampler then reports each step to the host).
         ``options``: see `sample`."""
         if num <= 0:
             raise config_lib.ConfigError(f"num must be positive, got {num}")
         sampler_options, label = self.sampler_options(**options)
         labels = sampling.sample_labels(num, self.config.model.num_classes, label)
         batch = min(batch_size or num, num)
-        run = self._sampler(batch, sampler_options)
-        if batch == num:
-            return np.asarray(run(self.variables, jax.random.key(seed), labels)), labels
-        bar = Progress(-(-num // batch), quiet=not progress, unit="batch")
-        chunks = []
-        for i, start in enumerate(range(0, num, batch)):
-            chunk_labels = None if labels is None else np.resize(labels[start:], batch)
-            chunks.append(np.asarray(run(self.variables, jax.random.fold_in(jax.random.key(seed), i), chunk_labels)))
-            bar.update(1)
-        bar.close()
-        return np.concatenate(chunks)[:num], labels
+        batches = -(-num // batch)
+        steps = sampler_options["steps"] if sampler_options["sampler"] == "ddim" else self.schedule.num_timesteps
+        bar = Progress(batches * steps, quiet=not progress, unit="step")  # on a terminal only
+        run = self._sampler(batch, sampler_options, with_progress=bar.bar is not None)
+        self._bar = bar
+        try:
+            if batch == num:
+                return np.asarray(run(self.variables, jax.random.key(seed), labels)), labels
+            chunks = []
+            for i, start in enumerate(range(0, num, batch)):
+                chunk_labels = None if labels is None else np.resize(labels[start:], batch)
+                chunks.append(np.asarray(run(self.variables, jax.random.fold_in(jax.random.key(seed), i), chunk_labels)))
+            return np.concatenate(chunks)[:num], labels
+        finally:
+            bar.close()
+            self._bar = None
 
     def sample(self, num: int, *, seed: int, sampler: str | None = None, steps: int | None = None,
                eta: float | None = None, clip_x0: bool | None = None, guidance: float | None = None,
@@ -134,11 +141,12 @@ class Pipeline:
                                   clip_x0=clip_x0, guidance=guidance, label=label)
         return data.to_uint8(images)
 
-    def _sampler(self, batch: int, options: dict):
-        key = (batch, tuple(sorted(options.items())))
+    def _sampler(self, batch: int, options: dict, with_progress: bool = False):
+        key = (batch, tuple(sorted(options.items())), with_progress)
         if key not in self._samplers:
+            on_step = (lambda: self._bar is not None and self._bar.update(1)) if with_progress else None
             self._samplers[key] = sampling.make_sampler(
-                self.model, self.schedule, (batch, *self.image_shape), parallel.make_mesh(), **options)
+                self.model, self.schedule, (batch, *self.image_shape), parallel.make_mesh(), on_step=on_step, **options)
         return self._samplers[key]
 
 

@@ -3,6 +3,8 @@ one program, and the options a config gives it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -52,6 +54,7 @@ def make_sampler(
     eta: float = 0.0,
     clip_x0: bool = False,
     guidance: float = 1.0,
+    on_step: Callable[[], None] | None = None,
 ):
     """Compiled ``(variables, key, labels=None) -> images``: the whole chain in one program.
 
@@ -59,7 +62,9 @@ def make_sampler(
     ``eta``). For a conditional model, ``labels`` selects the classes and ``guidance`` is
     the classifier-free guidance scale (both predictions come from one batched call).
     On a ``mesh`` the batch is split over the devices when the device count divides it,
-    and the result is replicated so that every process can read it. Each call of
+    and the result is replicated so that every process can read it. ``on_step``, if given,
+    is called on the host once per reverse step as the chain runs (a progress display; it
+    adds a host callback to the program). Each call of
     `make_sampler` returns a new program; keep it to reuse its compilation
     (`jaxddpm.Pipeline` does).
     """
@@ -68,6 +73,8 @@ def make_sampler(
 
     def run(variables, key, labels=None):
         def model_fn(x, t):
+            if on_step is not None:
+                jax.debug.callback(lambda _: on_step(), t[0])
             if shard:
                 x = jax.lax.with_sharding_constraint(x, parallel.batch_sharding(mesh))
             if labels is None or guidance == 0.0:

@@ -188,7 +188,7 @@ class TrainingRun:
         self.total = total_steps(config, len(dataset))
         self.images = parallel.put_replicated(dataset.images, mesh)
         self.labels = parallel.put_replicated(dataset.labels, mesh)
-        self.per_call = factory.steps_per_call(config)
+        self.per_call = factory.steps_per_call(config, self.model)
         shardings = jax.tree.map(lambda a: a.sharding, self.state)
         self.step_fn = factory.make_train_step(self.model, self.tx, self.schedule, config, mesh, shardings, self.per_call)
         self.sampler = sampling.make_sampler(self.model, self.schedule, (config.sample.num, *image_shape), mesh,

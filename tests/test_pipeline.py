@@ -3,6 +3,7 @@ and `jaxddpm export`."""
 
 import json
 import os
+import sys
 
 import chex
 import jax
@@ -112,3 +113,13 @@ def test_from_workdir_without_a_run(tmp_path):
         jd.Pipeline.from_workdir(str(tmp_path / "nope"))
     with pytest.raises(checkpoint.CheckpointError, match="holds no training run"):
         jd.Pipeline.from_workdir(str(tmp_path))
+
+
+def test_progress_on_a_terminal_counts_every_reverse_step_and_changes_nothing(tiny_run, monkeypatch, capsys):
+    pipe = jd.Pipeline.from_workdir(tiny_run)
+    plain, _ = pipe.generate(3, seed=4, batch_size=2)
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    shown, _ = pipe.generate(3, seed=4, batch_size=2, progress=True)
+    np.testing.assert_array_equal(shown, plain)
+    assert "20/20" in capsys.readouterr().err  # 2 batches of the 10-step chain

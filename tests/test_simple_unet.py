@@ -94,3 +94,17 @@ def test_model_runs_in_bfloat16_with_float32_params():
     y, _ = jax.jit(lambda v: model.apply(v, x, jnp.array([1, 2]), train=True, mutable=["batch_stats"]))(variables)
     assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y)))
 
+
+
+def test_the_model_says_whether_its_training_steps_may_run_in_a_loop():
+    """`jaxddpm train` runs train.steps_per_call steps per call only where the model's
+    gradient convolutions stay fast inside a loop (on the CPU: the policy's CPU forms)."""
+    from jaxddpm import config as config_lib, factory
+
+    config = config_lib.load_config("quickstart")
+    on_cpu = jax.default_backend() == "cpu"
+    assert jd.SimpleUNet(**TINY).fast_in_loops()
+    assert jd.SimpleUNet(**TINY, conv_policy=ConvPolicy(impl="xla")).fast_in_loops() == (not on_cpu)
+    assert jd.DDPMUNet().fast_in_loops() == (not on_cpu)
+    assert factory.steps_per_call(config, factory.build_model(config)) == config.train.steps_per_call == 8
+    assert factory.steps_per_call(config, jd.DDPMUNet()) == (1 if on_cpu else 8)
