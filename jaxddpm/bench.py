@@ -25,6 +25,7 @@ import platform
 import sys
 
 from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS, ConvPolicy, xla_flags
+from jaxddpm.terminal import ArgumentParser
 
 # JAX, PyTorch and the measured programs are imported inside the functions, after the
 # arguments are parsed, so that --help answers at once and the PyTorch check comes first.
@@ -121,7 +122,14 @@ def run(args: argparse.Namespace) -> dict:
     import jax.numpy as jnp
     import torch
 
-    from jaxddpm.profiling import FULL, QUICK, bench_jax_sample, bench_jax_train, bench_jax_train_loop, device_name
+    from jaxddpm.profiling import (
+        FULL,
+        QUICK,
+        bench_jax_sample,
+        bench_jax_train,
+        bench_jax_train_loop,
+        device_name,
+    )
 
     sizes = dict(QUICK if args.quick else FULL, conv_impl=args.conv_impl, upsample_impl=args.upsample_impl)
     gpu, device = pin_float32()
@@ -204,7 +212,7 @@ def format_table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxddpm bench", description="Benchmark jaxddpm against the PyTorch reference.")
+    parser = ArgumentParser(prog="jaxddpm bench", description="Benchmark jaxddpm against the PyTorch reference.")
     parser.add_argument("--quick", action="store_true", help="tiny sizes; checks the harness, not the speed")
     parser.add_argument("--batch-size", "--batch", dest="batch", type=int, default=16, help="training batch (default 16)")
     parser.add_argument("--sample-batch-size", "--sample-batch", dest="sample_batch", type=int, default=4, help="sampling batch (default 4)")

@@ -10,7 +10,16 @@ import argparse
 import os
 import sys
 
-from jaxddpm.terminal import RUNTIME_ERROR, USAGE_ERROR, Stderr, fail, failing_run, quiet_libraries
+from jaxddpm.terminal import (
+    RUNTIME_ERROR,
+    USAGE_ERROR,
+    ArgumentParser,
+    Stderr,
+    fail,
+    failing_run,
+    quiet_libraries,
+)
+
 
 def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-process runs (one process per host or per GPU)")
@@ -114,8 +123,8 @@ def _list_configs() -> int:
 
 
 def _train(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="jaxddpm train", description="Train a diffusion model (resumes automatically).",
-                                     epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="jaxddpm train", description="Train a diffusion model (resumes automatically).",
+                            epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="quickstart", help="a shipped config name or a path to a .py file (default: quickstart)")
     parser.add_argument("--workdir", help="where checkpoints, logs and samples go (default: runs/<config name>)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved, validated config as JSON and exit; writes nothing")
@@ -168,7 +177,7 @@ def _train(argv: list[str]) -> int:
 
 
 def _sample(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="jaxddpm sample", description="Sample from a workdir's latest checkpoint (EMA parameters).")
+    parser = ArgumentParser(prog="jaxddpm sample", description="Sample from a workdir's latest checkpoint (EMA parameters).")
     _add_workdir_flag(parser)
     parser.add_argument("--num-samples", "--num", dest="num_samples", type=int, default=64, help="number of samples (default 64)")
     parser.add_argument("--batch-size", type=int, help="samples drawn per compiled call (default: all at once)")
@@ -200,7 +209,7 @@ def _sample(argv: list[str]) -> int:
 def _eval(argv: list[str]) -> int:
     from jaxddpm.options import FID_PUBLISHED_SAMPLES, FID_WARN_BELOW, METRICS
 
-    parser = argparse.ArgumentParser(prog="jaxddpm eval", description="Evaluate a workdir's latest checkpoint; results go to WORKDIR/eval/*.json.")
+    parser = ArgumentParser(prog="jaxddpm eval", description="Evaluate a workdir's latest checkpoint; results go to WORKDIR/eval/*.json.")
     _add_workdir_flag(parser)
     parser.add_argument("--metric", action="append", choices=METRICS, help="repeat for several (default: bpd and quality)")
     parser.add_argument("--fresh", action="store_true", help="evaluate the freshly initialised model of the workdir's config instead")
@@ -251,7 +260,7 @@ def _eval(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="jaxddpm export",
         description="Write a workdir's newest checkpoint as config.json + model.safetensors (EMA parameters and "
         "BatchNorm statistics; no optimizer state), for jaxddpm.Pipeline.from_pretrained or any safetensors reader.")

@@ -4,11 +4,21 @@ lines and warnings kept off it (``JAXDDPM_DEBUG=1`` or ``--verbose`` lets them t
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
 
 USAGE_ERROR, RUNTIME_ERROR = 2, 1  # bad usage, config or data; a failure while running
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with its errors as one line (``error: ...; see PROG --help``) and
+    exit code 2, like every other usage error of the command line."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"error: {message}; see {self.prog} --help\n")
+        raise SystemExit(USAGE_ERROR)
 
 
 def _flush_python_stderr() -> None:

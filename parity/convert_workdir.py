@@ -9,9 +9,10 @@ overwritten.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+from jaxddpm.terminal import ArgumentParser
 
 # JAX, PyTorch and the conversion tables are imported inside the functions, after the
 # arguments are parsed, so that --help answers at once.
@@ -22,7 +23,8 @@ def import_torch_checkpoint(path: str, workdir: str, config_name: str = "flowers
     state_dict; returns the `TrainState` written."""
     import jax.numpy as jnp
 
-    from jaxddpm import checkpoint, config as config_lib, factory, sampling
+    from jaxddpm import checkpoint, factory, sampling
+    from jaxddpm import config as config_lib
     from jaxddpm.train import make_optimizer, state_from_variables
     from parity import convert
     from parity.report import load_state_dict
@@ -73,14 +75,15 @@ def export_torch_checkpoint(workdir: str, out: str, weights: str = "ema") -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxddpm convert", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="jaxddpm convert", description=__doc__.splitlines()[0])
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-torch", metavar="MODEL_PT", help="article-model state_dict to import")
     direction.add_argument("--to-torch", metavar="WORKDIR", help="jaxddpm workdir to export")
     parser.add_argument("--out", required=True, help="the workdir (--from-torch) or .pt file (--to-torch) to create")
     parser.add_argument("--weights", choices=("ema", "params"), default="ema", help="which parameters to export (default: ema)")
     args = parser.parse_args(argv)
-    from jaxddpm import checkpoint, config as config_lib
+    from jaxddpm import checkpoint
+    from jaxddpm import config as config_lib
     from parity import convert
 
     try:

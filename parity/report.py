@@ -7,6 +7,7 @@ import json
 import sys
 
 from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS, ConvPolicy
+from jaxddpm.terminal import ArgumentParser
 
 # The names the command line offers; `parity.checks` (which loads PyTorch) is imported only
 # after the arguments are parsed. tests/test_parity_checks.py checks they match the checks.
@@ -15,7 +16,7 @@ SIZE_NAMES = ("full", "small")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
+    parser = parser or ArgumentParser(
         prog="python -m parity", description="Check jaxddpm against the PyTorch reference of the article's model."
     )
     parser.add_argument("--float64", action="store_true", help="run both frameworks in double precision")
