@@ -205,6 +205,23 @@ def is_failed_read_report(unraisable) -> bool:
     return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
 
 
+def _restore_newest(manager: ocp.CheckpointManager, state_args, set_aside_damaged: bool) -> dict | None:
+    """``manager.restore`` of the newest step that restores with ``state_args`` (and its
+    metadata), trying older steps after a warning; None if none restores. With
+    ``set_aside_damaged``, steps that fail are moved to ``<workdir>/damaged_checkpoints/``."""
+    manager.reload()
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            with _quiet_failed_reads():
+                return manager.restore(step, args=ocp.args.Composite(state=state_args, metadata=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
+            problem = f"checkpoint at step {step} could not be restored ({type(e).__name__})"
+            if set_aside_damaged:
+                problem += f"; moved to {_set_aside(manager, step)}"
+            warnings.warn(f"{problem}; trying an older one", stacklevel=3)
+    return None
+
+
 def restore_latest(
     manager: ocp.CheckpointManager, target: TrainState, set_aside_damaged: bool = False
 ) -> tuple[TrainState, dict] | None:
@@ -214,22 +231,10 @@ def restore_latest(
     ``<workdir>/damaged_checkpoints/`` (kept, not deleted).
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, flax.serialization.to_state_dict(target))
-    manager.reload()
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            with _quiet_failed_reads():
-                restored = manager.restore(
-                    step,
-                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()),
-                )
-        except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
-            problem = f"checkpoint at step {step} could not be restored ({type(e).__name__})"
-            if set_aside_damaged:
-                problem += f"; moved to {_set_aside(manager, step)}"
-            warnings.warn(f"{problem}; trying an older one", stacklevel=2)
-            continue
-        return flax.serialization.from_state_dict(target, restored["state"]), dict(restored["metadata"])
-    return None
+    restored = _restore_newest(manager, ocp.args.StandardRestore(abstract), set_aside_damaged)
+    if restored is None:
+        return None
+    return flax.serialization.from_state_dict(target, restored["state"]), dict(restored["metadata"])
 
 
 def restore_variables_latest(manager: ocp.CheckpointManager, abstract_variables: dict) -> tuple[dict, dict] | None:
@@ -244,17 +249,11 @@ def restore_variables_latest(manager: ocp.CheckpointManager, abstract_variables:
         args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
     except TypeError:  # orbax before partial_restore: an empty transform restores the subtree
         args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, transforms={})
-    manager.reload()
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            with _quiet_failed_reads():
-                restored = manager.restore(step, args=ocp.args.Composite(state=args, metadata=ocp.args.JsonRestore()))
-        except Exception as e:  # noqa: BLE001 - a damaged step can fail in many ways
-            warnings.warn(f"checkpoint at step {step} could not be restored ({type(e).__name__}); trying an older one", stacklevel=2)
-            continue
-        state = restored["state"]
-        return {"params": state["ema_params"], "batch_stats": state["batch_stats"]}, dict(restored["metadata"])
-    return None
+    restored = _restore_newest(manager, args, set_aside_damaged=False)
+    if restored is None:
+        return None
+    state = restored["state"]
+    return {"params": state["ema_params"], "batch_stats": state["batch_stats"]}, dict(restored["metadata"])
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:

@@ -270,12 +270,10 @@ def _export(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from jaxddpm.checkpoint import CheckpointError
-    from jaxddpm.pipeline import CONFIG_FILE, WEIGHTS_FILE, Pipeline
+    from jaxddpm.pipeline import CONFIG_FILE, WEIGHTS_FILE, Pipeline, refuse_existing_export
 
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if os.path.exists(os.path.join(args.out, name)):
-            return fail(f"{os.path.join(args.out, name)} exists; choose another --out (exports are never overwritten)", USAGE_ERROR)
     try:
+        refuse_existing_export(args.out, "--out")  # before the checkpoint is read
         pipe = Pipeline.from_workdir(args.workdir)
         pipe.save_pretrained(args.out)
     except (CheckpointError, FileExistsError) as e:

@@ -81,15 +81,15 @@ def load_folder(path: str, image_size: int, channels: int) -> ImageDataset:
     """Every JPEG/PNG below ``path``; files that cannot be decoded are skipped and counted."""
     if not os.path.isdir(path):
         raise DataError(f"data.path {path} is not a readable directory")
-    files = sorted(
+    paths = sorted(
         os.path.join(root, name)
         for root, _, names in os.walk(path)
         for name in names
         if name.lower().endswith(IMAGE_SUFFIXES)
     )
     images, skipped = [], 0
-    bar = Progress(len(files), unit="image")  # a bar on a terminal, silent otherwise
-    for file in files:
+    bar = Progress(len(paths), unit="image")  # a bar on a terminal, silent otherwise
+    for file in paths:
         try:
             with Image.open(file) as im:
                 im.load()
@@ -100,7 +100,7 @@ def load_folder(path: str, image_size: int, channels: int) -> ImageDataset:
     bar.close()
     if not images:
         raise DataError(
-            f"data.path {path} holds no readable images ({len(files)} JPEG/PNG files found, {skipped} unreadable); "
+            f"data.path {path} holds no readable images ({len(paths)} JPEG/PNG files found, {skipped} unreadable); "
             f"allowed: {', '.join(IMAGE_SUFFIXES)}"
         )
     return ImageDataset(np.stack(images), np.full(len(images), -1, np.int32), 0, skipped)

@@ -88,7 +88,7 @@ def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int,
     reference = metrics.feature_statistics(train_features)
     manifold = train_features[np.setdiff1d(np.arange(len(train_set)), real_idx)]  # training images not in `real`
 
-    samples_u8 = data.to_uint8(pipe.generate(num_samples, seed=seed, batch_size=batch_size, progress=True, **(sampler_options or {}))[0])
+    samples_u8 = pipe.sample(num_samples, seed=seed, batch_size=batch_size, progress=True, **(sampler_options or {}))
 
     def score(images_u8, probs):
         features = metrics.batched_features(features_fn, images_u8)
@@ -138,12 +138,12 @@ def evaluate(
         if name not in METRICS:
             raise EvalError(f"metric {name!r} is unknown; allowed: {', '.join(METRICS)}")
     options = {k: v for k, v in (sampler_options or {}).items() if v is not None}
-    # Checked before any checkpoint is read; ConfigError names the option.
-    resolved, label = sampler_options_for(read_workdir_config(workdir), **options)
-    pipe = Pipeline.from_workdir(workdir)
-    config = pipe.config
+    config = read_workdir_config(workdir)
+    resolved, label = sampler_options_for(config, **options)  # ConfigError, before any checkpoint is read
     if fresh:
         pipe = Pipeline(config, sampling.sampling_variables(fresh_state(config)), step=0)
+    else:
+        pipe = Pipeline.from_workdir(workdir)
     step = pipe.step
     sampler_record = dict({k: resolved[k] for k in ("sampler", "steps", "eta", "clip_x0", "guidance")}, label=label)
     train_set, held_out = data.load_splits(config.data)
@@ -167,7 +167,7 @@ def evaluate(
             reference = metrics.reference_statistics(
                 fn, train_set.images, default_cache_dir(config), f"{feature_name}-{config.data.source}-{config.data.image_size}"
             )
-            samples_u8 = data.to_uint8(pipe.generate(num_samples, seed=seed, batch_size=batch_size, progress=True, **options)[0])
+            samples_u8 = pipe.sample(num_samples, seed=seed, batch_size=batch_size, progress=True, **options)
             result = {"fid": metrics.fid(fn, samples_u8, reference), "num_samples": num_samples, "features": feature_name,
                       "sampler": sampler_record}
         result.update(metric=name, step=step, fresh=fresh, seed=seed, seconds=round(time.perf_counter() - start, 1))

@@ -85,9 +85,7 @@ class Pipeline:
         existing export there is never overwritten: `FileExistsError`). Returns the directory."""
         from safetensors.numpy import save as to_safetensors
 
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if os.path.exists(os.path.join(directory, name)):
-                raise FileExistsError(f"{os.path.join(directory, name)} exists; choose another directory (exports are never overwritten)")
+        refuse_existing_export(directory)
         os.makedirs(directory, exist_ok=True)
         flat = flax.traverse_util.flatten_dict(jax.device_get(self.variables), sep="/")
         metadata = {"format": FORMAT, "step": "" if self.step is None else str(self.step)}
@@ -133,11 +131,11 @@ class Pipeline:
 
     def sample(self, num: int, *, seed: int, sampler: str | None = None, steps: int | None = None,
                eta: float | None = None, clip_x0: bool | None = None, guidance: float | None = None,
-               label: int | None = None, batch_size: int | None = None) -> np.ndarray:
+               label: int | None = None, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
         """``num`` images as uint8 NHWC. Options left at None take the run's ``sample``
         settings: ``sampler`` "ancestral" or "ddim" (``steps``, ``eta``, ``clip_x0``);
         ``guidance`` and ``label`` (-1 cycles through the classes) for a conditional model."""
-        images, _ = self.generate(num, seed=seed, batch_size=batch_size, sampler=sampler, steps=steps, eta=eta,
+        images, _ = self.generate(num, seed=seed, batch_size=batch_size, progress=progress, sampler=sampler, steps=steps, eta=eta,
                                   clip_x0=clip_x0, guidance=guidance, label=label)
         return data.to_uint8(images)
 
@@ -160,6 +158,14 @@ def sampler_options_for(config: ml_collections.ConfigDict, *, sampler=None, step
             merged.sample[name] = value
     config_lib.validate_sampling(merged.sample, config.diffusion.num_timesteps, config.model.num_classes)
     return sampling.sampler_options(merged), int(merged.sample.label)
+
+
+def refuse_existing_export(directory: str, option: str = "directory") -> None:
+    """`FileExistsError` if ``directory`` already holds an export's files (they are never
+    overwritten); ``option`` names what to change in the message."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if os.path.exists(os.path.join(directory, name)):
+            raise FileExistsError(f"{os.path.join(directory, name)} exists; choose another {option} (exports are never overwritten)")
 
 
 def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
