@@ -1,8 +1,9 @@
 """A small CNN classifier that scores samples of a labelled dataset without any download.
 
-It is trained on the held-out images (which the diffusion model never sees), so it is
-independent of the model it judges; its penultimate layer gives features for a Fréchet
-distance. Training is deterministic and cached.
+It is trained on the diffusion model's training images (as Inception, the usual judge, is
+trained on ImageNet) and judges samples and the held-out images, which neither model has
+seen; its penultimate layer gives features for a Fréchet distance. Training is
+deterministic and cached.
 """
 
 from __future__ import annotations

@@ -59,19 +59,20 @@ def _add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampler_flags(parser: argparse.ArgumentParser) -> None:
-    from jaxddpm.options import SAMPLERS
+    from jaxddpm.options import SAMPLERS, VARIANCES
 
     group = parser.add_argument_group("sampler (default: the run's sample section)")
     group.add_argument("--sampler", choices=SAMPLERS, help="ancestral (the article's, all T steps) or ddim")
     group.add_argument("--steps", type=int, help="DDIM steps")
     group.add_argument("--eta", type=float, help="DDIM eta: 0 deterministic, 1 ancestral-like")
-    group.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None, help="DDIM: clip the predicted x0 to [-1, 1]")
+    group.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None, help="clip the predicted x0 to [-1, 1] (the article's sampler does not)")
+    group.add_argument("--variance", choices=VARIANCES, help="ancestral: fixed_small (posterior, the article's) or fixed_large (beta_t)")
     group.add_argument("--guidance", type=float, help="classifier-free guidance scale of a conditional model (0 unconditional, 1 conditional)")
     group.add_argument("--label", type=int, help="class to draw from a conditional model; -1 cycles through all classes")
 
 
 def _sampler_options(args: argparse.Namespace) -> dict:
-    return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, clip_x0=args.clip_x0, guidance=args.guidance, label=args.label)
+    return dict(sampler=args.sampler, steps=args.steps, eta=args.eta, clip_x0=args.clip_x0, variance=args.variance, guidance=args.guidance, label=args.label)
 
 
 def _as_flags(message: str) -> str:
@@ -177,8 +178,11 @@ def _train(argv: list[str]) -> int:
 
 
 def _sample(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="jaxddpm sample", description="Sample from a workdir's latest checkpoint (EMA parameters).")
+    parser = ArgumentParser(prog="jaxddpm sample", description="Sample from a workdir's latest checkpoint (EMA parameters) "
+                            "or from an exported model.")
     _add_workdir_flag(parser)
+    parser.add_argument("--model", metavar="DIR", help="an exported model (jaxddpm export, jaxddpm convert --from-diffusers) "
+                        "to sample from instead of a workdir")
     parser.add_argument("--num-samples", "--num", dest="num_samples", type=int, default=64, help="number of samples (default 64)")
     parser.add_argument("--batch-size", type=int, help="samples drawn per compiled call (default: all at once)")
     parser.add_argument("--seed", type=int, default=0)
@@ -195,11 +199,11 @@ def _sample(argv: list[str]) -> int:
 
     try:
         png, npz = sample_workdir(args.workdir, args.num_samples, args.seed, args.out, batch_size=args.batch_size,
-                                  **_sampler_options(args))
-    except (CheckpointError, FileExistsError) as e:
-        return fail(str(e), USAGE_ERROR)
+                                  model_dir=args.model, **_sampler_options(args))
     except ConfigError as e:
         return fail(_as_flags(str(e)), USAGE_ERROR)
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+        return fail(str(e), USAGE_ERROR)
     except OSError as e:
         return fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
     print(f"wrote {png} and {npz}")
@@ -216,12 +220,15 @@ def _eval(argv: list[str]) -> int:
     parser.add_argument("--num-samples", "--num", dest="num_samples", type=int, default=1000,
                         help=f"samples for quality and fid (default 1000; published FIDs use {FID_PUBLISHED_SAMPLES:,})")
     parser.add_argument("--batch-size", type=int, default=250, help="samples drawn per compiled call (default 250)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first sampling seed (default 0)")
+    parser.add_argument("--seeds", type=int, default=1, help="sampling seeds for quality and fid: the mean and spread over "
+                        "--seed, --seed + 1, ... (default 1)")
     _add_sampler_flags(parser)
     _add_common_flags(parser)
     args = parser.parse_args(argv)
-    if args.num_samples < 2 or args.batch_size < 1:
-        return fail(f"--num-samples must be >= 2 and --batch-size >= 1, got {args.num_samples} and {args.batch_size}", USAGE_ERROR)
+    if args.num_samples < 2 or args.batch_size < 1 or args.seeds < 1:
+        return fail(f"--num-samples must be >= 2, --batch-size and --seeds >= 1, got {args.num_samples}, {args.batch_size} "
+                    f"and {args.seeds}", USAGE_ERROR)
     metric_names = tuple(args.metric or ("bpd", "quality"))
     if "fid" in metric_names and args.num_samples < FID_WARN_BELOW:
         print(f"warning: FID from {args.num_samples:,} samples is biased upwards and not comparable with published FIDs, "
@@ -230,13 +237,13 @@ def _eval(argv: list[str]) -> int:
     from jaxddpm.checkpoint import CheckpointError
     from jaxddpm.config import ConfigError
     from jaxddpm.data import DataError
-    from jaxddpm.evaluate import EvalError, evaluate
+    from jaxddpm.evaluate import EvalError, evaluate, summary_line
 
     try:
         results = evaluate(
             args.workdir, metric_names, fresh=args.fresh,
             num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size, sampler_options=_sampler_options(args),
-            log=lambda line: print(line, flush=True),
+            log=lambda line: print(line, flush=True), num_seeds=args.seeds,
         )
     except (CheckpointError, EvalError, DataError) as e:
         return fail(str(e), USAGE_ERROR)
@@ -245,16 +252,7 @@ def _eval(argv: list[str]) -> int:
     except OSError as e:
         return fail(f"{e.strerror or e} ({e.filename})", RUNTIME_ERROR)
     for name, r in results.items():
-        if name == "bpd":
-            line = f"{r['bpd']:.4f} bits/dim (prior {r['prior_bpd']:.4f}, decoder {r['decoder_bpd']:.4f}) on {r['num_images']} {r['images']} images"
-        elif name == "quality":
-            s, real = r["samples"], r["real"]
-            line = (
-                f"confident-label share {s['confident_share']:.3f} (real {real['confident_share']:.3f}, ratio {r['confident_share_vs_real']:.3f}), "
-                f"classes {s['classes_present']}/{s['num_classes']}, Frechet distance {s['frechet_distance']:.3f} (real {real['frechet_distance']:.3f})"
-            )
-        else:
-            line = f"FID {r['fid']:.3f} ({r['num_samples']} samples)"
+        line = summary_line(name, r)
         print(f"{name} at step {r['step']}{' (fresh)' if r['fresh'] else ''}: {line}; {r.get('path', '')}")
     return 0
 
@@ -293,10 +291,8 @@ def _parity(argv: list[str]) -> int:
 
 
 def _convert(argv: list[str]) -> int:
-    try:
-        from parity.convert_workdir import main
-    except ImportError as e:
-        return fail(f"jaxddpm convert needs PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", USAGE_ERROR)
+    from parity.convert_workdir import main
+
     return main(argv)
 
 

@@ -19,7 +19,7 @@ import ml_collections
 
 from jaxddpm import configs as configs_package
 from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS
-from jaxddpm.options import DATA_SOURCES, DTYPES, MODELS, PREDICTIONS, SAMPLERS, SHARDING_MODES
+from jaxddpm.options import DATA_SOURCES, DOWNSAMPLE_PADDINGS, DTYPES, LR_SCHEDULES, MODELS, PREDICTIONS, QKV_LAYOUTS, SAMPLERS, SHARDING_MODES, VARIANCES
 from jaxddpm.schedule import validate_schedule_args
 
 
@@ -121,6 +121,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(m.num_res_blocks >= 1, f"model.num_res_blocks must be at least 1, got {m.num_res_blocks}")
         need(0.0 <= m.dropout < 1.0, f"model.dropout must lie in [0, 1), got {m.dropout}")
         need(m.norm_groups >= 1, f"model.norm_groups must be at least 1, got {m.norm_groups}")
+        need(m.downsample_padding in DOWNSAMPLE_PADDINGS,
+             f"model.downsample_padding={m.downsample_padding!r} is unknown; allowed: {', '.join(DOWNSAMPLE_PADDINGS)}")
+        need(m.qkv_layout in QKV_LAYOUTS, f"model.qkv_layout={m.qkv_layout!r} is unknown; allowed: {', '.join(QKV_LAYOUTS)}")
+        need(m.norm_eps > 0, f"model.norm_eps must be positive, got {m.norm_eps}")
+        need(m.mid_scale > 0, f"model.mid_scale must be positive, got {m.mid_scale}")
+        need(m.time_freq_shift < m.base_channels // 2, f"model.time_freq_shift must be below base_channels / 2, got {m.time_freq_shift}")
+        widths = [m.base_channels * k for k in m.channel_mult]
+        need(m.attention_head_dim == 0 or (m.attention_head_dim > 0 and all(w % m.attention_head_dim == 0 for w in widths)),
+             f"model.attention_head_dim={m.attention_head_dim} must divide every level's width {widths} (0 = one head)")
         levels, what = len(m.channel_mult) - 1, f"model.channel_mult={tuple(m.channel_mult)}"
     need(
         d.image_size > 0 and d.image_size % 2**levels == 0,
@@ -138,6 +147,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(t.num_steps > 0 or t.num_epochs > 0, "train.num_steps or train.num_epochs must be positive")
     need(t.num_steps >= 0 and t.num_epochs >= 0, "train.num_steps and train.num_epochs must not be negative")
     need(0.0 <= t.ema_decay < 1.0, f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+    need(t.ema_start >= 0, f"train.ema_start must not be negative, got {t.ema_start}")
+    need(t.lr_schedule in LR_SCHEDULES, f"train.lr_schedule={t.lr_schedule!r} is unknown; allowed: {', '.join(LR_SCHEDULES)}")
+    need(t.warmup_steps >= 0, f"train.warmup_steps must not be negative, got {t.warmup_steps}")
     need(t.log_every_steps > 0, f"train.log_every_steps must be positive, got {t.log_every_steps}")
     need(t.steps_per_call >= 1, f"train.steps_per_call must be at least 1, got {t.steps_per_call}")
     need(t.sharding in SHARDING_MODES, f"train.sharding={t.sharding!r} is unknown; allowed: {', '.join(SHARDING_MODES)}")
@@ -159,6 +171,8 @@ def validate_sampling(sample: ml_collections.ConfigDict, num_timesteps: int, num
         raise ConfigError(f"sample.sampler={sample.sampler!r} is unknown; allowed: {', '.join(SAMPLERS)}")
     if sample.sampler == "ddim" and not 1 <= sample.steps <= num_timesteps:
         raise ConfigError(f"sample.steps={sample.steps} must lie in [1, {num_timesteps}] (diffusion.num_timesteps)")
+    if sample.variance not in VARIANCES:
+        raise ConfigError(f"sample.variance={sample.variance!r} is unknown; allowed: {', '.join(VARIANCES)}")
     if sample.eta < 0:
         raise ConfigError(f"sample.eta must not be negative, got {sample.eta}")
     if num_classes == 0 and (sample.label != -1 or sample.guidance != 1.0):
@@ -195,9 +209,9 @@ def _defaults() -> ml_collections.ConfigDict:
 COMPATIBILITY_FIELDS = (
     "data.image_size", "data.channels", "data.holdout", "model.name", "model.num_classes", "model.channels", "model.time_emb_dim",
     "model.base_channels", "model.channel_mult", "model.num_res_blocks", "model.attention_resolutions",
-    "model.norm_groups", "diffusion.prediction",
+    "model.norm_groups", "model.qkv_layout", "diffusion.prediction",
     "diffusion.schedule", "diffusion.num_timesteps", "diffusion.beta_start", "diffusion.beta_end",
-    "train.seed", "train.batch_size", "train.learning_rate", "train.grad_clip_norm",
+    "train.seed", "train.batch_size", "train.learning_rate", "train.grad_clip_norm", "train.lr_schedule", "train.warmup_steps",
 )
 
 

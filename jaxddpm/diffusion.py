@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxddpm.options import PREDICTIONS
+from jaxddpm.options import PREDICTIONS, VARIANCES
 from jaxddpm.schedule import Schedule, extract
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -153,14 +153,34 @@ def p_mean(schedule: Schedule, eps: jax.Array, x_t: jax.Array, t: jax.Array) -> 
     return extract(schedule.sqrt_recip_alphas, t, nd) * (x_t - scaled_eps)
 
 
-def p_sample_step(schedule: Schedule, eps: jax.Array, x_t: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+def p_sample_step(
+    schedule: Schedule,
+    eps: jax.Array,
+    x_t: jax.Array,
+    t: jax.Array,
+    noise: jax.Array,
+    *,
+    clip_x0: bool = False,
+    variance: str = "fixed_small",
+) -> jax.Array:
     """One DDPM ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2).
 
-    The step uses the posterior variance, and adds no noise where t == 0.
+    The defaults are the article's: the mean from the predicted noise, the posterior
+    variance ("fixed_small"). ``variance="fixed_large"`` uses beta_t instead (Ho et al.'s
+    choice for CIFAR-10). ``clip_x0`` clips the predicted x0 to [-1, 1] and takes the
+    posterior mean given it, as Ho et al.'s reference sampler does (without clipping the two
+    means are equal). No noise is added where t == 0.
     """
     nd = x_t.ndim
-    mean = p_mean(schedule, eps, x_t, t)
-    std = jnp.sqrt(extract(schedule.posterior_variance, t, nd))
+    if clip_x0:
+        x0 = jnp.clip(predict_x0_from_eps(schedule, x_t, t, eps), -1.0, 1.0)
+        mean = q_posterior(schedule, x0, x_t, t)[0]
+    else:
+        mean = p_mean(schedule, eps, x_t, t)
+    if variance not in VARIANCES:
+        raise ValueError(f"variance {variance!r} is unknown; allowed: {', '.join(VARIANCES)}")
+    table = schedule.posterior_variance if variance == "fixed_small" else schedule.betas
+    std = jnp.sqrt(extract(table, t, nd))
     is_last = (t == 0).reshape(t.shape + (1,) * (nd - t.ndim))
     return jnp.where(is_last, mean, mean + std * noise)
 
@@ -185,10 +205,13 @@ def sample(
     *,
     dtype: jnp.dtype = jnp.float32,
     trajectory_steps: Sequence[int] | None = None,
+    clip_x0: bool = False,
+    variance: str = "fixed_small",
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Run the whole reverse chain from x_T ~ N(0, I) to x_0 as one `lax.scan`.
 
-    ``eps_fn(x_t, t)`` predicts the noise; ``shape`` is the NHWC shape of the batch.
+    ``eps_fn(x_t, t)`` predicts the noise; ``shape`` is the NHWC shape of the batch;
+    ``clip_x0`` and ``variance`` are `p_sample_step`'s.
     With ``trajectory_steps`` (timesteps in [0, T]), also return the states x_t at those
     steps, stacked in the order given (T denotes the initial noise, 0 the final sample).
     Jit-compile a closure over this function to get one XLA program for the whole chain.
@@ -214,7 +237,7 @@ def sample(
         x, buf = carry
         t = jnp.full((shape[0],), i, dtype=jnp.int32)
         noise = jax.random.normal(jax.random.fold_in(step_key, i), shape, dtype)
-        x = p_sample_step(schedule, eps_fn(x, t), x, t, noise).astype(dtype)
+        x = p_sample_step(schedule, eps_fn(x, t), x, t, noise, clip_x0=clip_x0, variance=variance).astype(dtype)
         if steps:
             buf = buf.at[slot[i]].set(x)
         return (x, buf), None

@@ -15,7 +15,7 @@ from jaxddpm import data, parallel
 from jaxddpm.kernels import ConvPolicy
 from jaxddpm.models import DDPMUNet, SimpleUNet
 from jaxddpm.schedule import Schedule, make_schedule
-from jaxddpm.train import TrainState, create_train_state, make_optimizer, train_step
+from jaxddpm.train import TrainState, create_train_state, learning_rate_schedule, make_optimizer, train_step
 
 
 def build_model(config: ml_collections.ConfigDict) -> SimpleUNet | DDPMUNet:
@@ -32,6 +32,13 @@ def build_model(config: ml_collections.ConfigDict) -> SimpleUNet | DDPMUNet:
             dropout=m.dropout,
             norm_groups=m.norm_groups,
             num_classes=m.num_classes,
+            time_flip_sin_to_cos=m.time_flip_sin_to_cos,
+            time_freq_shift=m.time_freq_shift,
+            downsample_padding=m.downsample_padding,
+            norm_eps=m.norm_eps,
+            attention_head_dim=m.attention_head_dim,
+            qkv_layout=m.qkv_layout,
+            mid_scale=m.mid_scale,
             dtype=dtype,
         )
     return SimpleUNet(
@@ -49,8 +56,12 @@ def build_schedule(config: ml_collections.ConfigDict) -> Schedule:
     return make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
 
 
-def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return make_optimizer(config.train.learning_rate, config.train.grad_clip_norm or None)
+def build_optimizer(config: ml_collections.ConfigDict, total_steps: int = 0) -> optax.GradientTransformation:
+    """Adam with the config's learning rate schedule over ``total_steps`` (0: ``train.num_steps``;
+    the optimizer state has the same structure whatever the number)."""
+    t = config.train
+    lr = learning_rate_schedule(t.learning_rate, t.lr_schedule, t.warmup_steps, total_steps or t.num_steps)
+    return make_optimizer(lr, t.grad_clip_norm or None)
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -99,7 +110,7 @@ def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mesh
     """
     t = config.train
     step_fn = functools.partial(
-        train_step, model=model, tx=tx, schedule=schedule, ema_decay=t.ema_decay, label_dropout=t.label_dropout,
+        train_step, model=model, tx=tx, schedule=schedule, ema_decay=t.ema_decay, ema_start=t.ema_start, label_dropout=t.label_dropout,
         prediction=config.diffusion.prediction, min_snr_gamma=config.diffusion.min_snr_gamma,
     )
     conditional = config.model.num_classes > 0

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from jaxddpm import checkpoint, factory, images
-from jaxddpm.pipeline import Pipeline, read_workdir_config, sampler_options_for
+from jaxddpm import config as config_lib
+from jaxddpm.pipeline import CONFIG_FILE, Pipeline, read_workdir_config, sampler_options_for
 from jaxddpm.train import TrainState
 
 
@@ -23,24 +24,35 @@ def load_workdir(workdir: str) -> tuple[object, TrainState]:
 
 def sample_workdir(
     workdir: str, num: int = 64, seed: int = 0, out: str | None = None, *, label: int | None = None,
-    batch_size: int | None = None, **options
+    batch_size: int | None = None, model_dir: str | None = None, **options
 ) -> tuple[str, str]:
     """Write a PNG grid and an .npz of ``num`` samples; returns their paths.
 
-    ``label`` and ``options`` (sampler, steps, eta, clip_x0, guidance) default to the
-    workdir config's ``sample`` section. The options and the output paths are checked
-    before any checkpoint is opened.
+    The model is a training workdir's newest checkpoint, or with ``model_dir`` an exported
+    model (`Pipeline.from_pretrained`). ``label`` and ``options`` (sampler, steps, eta,
+    clip_x0, variance, guidance) default to the config's ``sample`` section. The options and
+    the output paths are checked before any weights are read.
     """
-    sampler_options_for(read_workdir_config(workdir), label=label, **options)  # ConfigError before any checkpoint is read
+    source = model_dir or workdir
+    if model_dir is not None:
+        config_path = os.path.join(model_dir, CONFIG_FILE)
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{model_dir} is not an exported model: {CONFIG_FILE} is missing")
+        with open(config_path) as f:
+            config = config_lib.from_json(f.read())
+    else:
+        config = read_workdir_config(workdir)
+    sampler_options_for(config, label=label, **options)  # ConfigError before any weights are read
     if out is not None:
         _refuse_existing(out)
-    pipe = Pipeline.from_workdir(workdir)
-    out = out or os.path.join(workdir, "samples", f"sample_step{pipe.step}_seed{seed}.png")
+    pipe = Pipeline.from_pretrained(model_dir) if model_dir is not None else Pipeline.from_workdir(workdir)
+    name = f"sample_step{pipe.step}_seed{seed}.png" if pipe.step is not None else f"sample_seed{seed}.png"
+    out = out or os.path.join(source, "samples", name)
     npz = _refuse_existing(out)
     samples, labels = pipe.generate(num, seed=seed, batch_size=batch_size, progress=True, label=label, **options)
     images.save_grid(out, samples)
     extra = {} if labels is None else {"labels": labels}
-    np.savez(npz, samples=samples, step=pipe.step, seed=seed, **extra)
+    np.savez(npz, samples=samples, step=-1 if pipe.step is None else pipe.step, seed=seed, **extra)
     return out, npz
 
 

@@ -6,10 +6,14 @@ convolution forms' values live with `jaxddpm.kernels.ConvPolicy`; the beta sched
 DATA_SOURCES = ("tfds", "digits", "folder")
 MODELS = ("simple_unet", "ddpm_unet")
 SAMPLERS = ("ancestral", "ddim")
+LR_SCHEDULES = ("constant", "cosine")
+VARIANCES = ("fixed_small", "fixed_large")  # reverse-step variance: posterior (the article's) | beta_t
 DTYPES = ("float32", "bfloat16")
 PREDICTIONS = ("eps", "x0", "v")  # what a model's output estimates
 SHARDING_MODES = ("replicated", "fsdp")
 METRICS = ("bpd", "quality", "fid")
+DOWNSAMPLE_PADDINGS = ("same", "after", "both")  # ddpm_unet: see jaxddpm.models.ddpm_unet
+QKV_LAYOUTS = ("fused", "separate")
 
 # FID from fewer samples is biased upwards; published FIDs use 50,000.
 FID_PUBLISHED_SAMPLES = 50_000

@@ -130,13 +130,15 @@ class Pipeline:
             self._bar = None
 
     def sample(self, num: int, *, seed: int, sampler: str | None = None, steps: int | None = None,
-               eta: float | None = None, clip_x0: bool | None = None, guidance: float | None = None,
-               label: int | None = None, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+               eta: float | None = None, clip_x0: bool | None = None, variance: str | None = None,
+               guidance: float | None = None, label: int | None = None, batch_size: int | None = None,
+               progress: bool = False) -> np.ndarray:
         """``num`` images as uint8 NHWC. Options left at None take the run's ``sample``
-        settings: ``sampler`` "ancestral" or "ddim" (``steps``, ``eta``, ``clip_x0``);
+        settings: ``sampler`` "ancestral" (``variance`` "fixed_small" or "fixed_large") or
+        "ddim" (``steps``, ``eta``); ``clip_x0`` for either;
         ``guidance`` and ``label`` (-1 cycles through the classes) for a conditional model."""
         images, _ = self.generate(num, seed=seed, batch_size=batch_size, progress=progress, sampler=sampler, steps=steps, eta=eta,
-                                  clip_x0=clip_x0, guidance=guidance, label=label)
+                                  clip_x0=clip_x0, variance=variance, guidance=guidance, label=label)
         return data.to_uint8(images)
 
     def _sampler(self, batch: int, options: dict, with_progress: bool = False):
@@ -149,11 +151,12 @@ class Pipeline:
 
 
 def sampler_options_for(config: ml_collections.ConfigDict, *, sampler=None, steps=None, eta=None, clip_x0=None,
-                        guidance=None, label=None) -> tuple[dict, int]:
+                        variance=None, guidance=None, label=None) -> tuple[dict, int]:
     """(`sampling.make_sampler` options, label) from a config's ``sample`` section with the
     given values (those not None) over it; `ConfigError` with one line if they cannot run."""
     merged = config_lib.apply_overrides(config, {})
-    for name, value in dict(sampler=sampler, steps=steps, eta=eta, clip_x0=clip_x0, guidance=guidance, label=label).items():
+    options = dict(sampler=sampler, steps=steps, eta=eta, clip_x0=clip_x0, variance=variance, guidance=guidance, label=label)
+    for name, value in options.items():
         if value is not None:
             merged.sample[name] = value
     config_lib.validate_sampling(merged.sample, config.diffusion.num_timesteps, config.model.num_classes)

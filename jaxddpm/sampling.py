@@ -21,7 +21,7 @@ def sampler_options(config: ml_collections.ConfigDict, **overrides) -> dict:
     s = config.sample
     options = dict(
         prediction=config.diffusion.prediction, sampler=s.sampler, steps=s.steps, eta=s.eta,
-        clip_x0=s.clip_x0, guidance=s.guidance,
+        clip_x0=s.clip_x0, variance=s.variance, guidance=s.guidance,
     )
     options.update({k: v for k, v in overrides.items() if v is not None})
     return options
@@ -53,13 +53,15 @@ def make_sampler(
     steps: int = 0,
     eta: float = 0.0,
     clip_x0: bool = False,
+    variance: str = "fixed_small",
     guidance: float = 1.0,
     on_step: Callable[[], None] | None = None,
 ):
     """Compiled ``(variables, key, labels=None) -> images``: the whole chain in one program.
 
-    ``sampler`` is "ancestral" (the article's, all T steps) or "ddim" (``steps`` steps,
-    ``eta``). For a conditional model, ``labels`` selects the classes and ``guidance`` is
+    ``sampler`` is "ancestral" (the article's, all T steps, with the reverse ``variance``
+    "fixed_small" or "fixed_large") or "ddim" (``steps`` steps, ``eta``); ``clip_x0`` clips
+    either's predicted x0 to [-1, 1]. For a conditional model, ``labels`` selects the classes and ``guidance`` is
     the classifier-free guidance scale (both predictions come from one batched call).
     On a ``mesh`` the batch is split over the devices when the device count divides it,
     and the result is replicated so that every process can read it. ``on_step``, if given,
@@ -89,7 +91,7 @@ def make_sampler(
         eps_fn = diffusion.as_eps_fn(schedule, prediction, model_fn)
         if sampler == "ddim":
             return diffusion.ddim_sample(schedule, eps_fn, key, shape, num_steps=steps, eta=eta, clip_x0=clip_x0)
-        return diffusion.sample(schedule, eps_fn, key, shape)
+        return diffusion.sample(schedule, eps_fn, key, shape, clip_x0=clip_x0, variance=variance)
 
     if mesh is None:
         return jax.jit(run)

@@ -28,8 +28,26 @@ class TrainState:
     ema_params: PyTree
 
 
-def make_optimizer(learning_rate: float = 1e-3, grad_clip_norm: float | None = None) -> optax.GradientTransformation:
-    """Adam with the article's learning rate (PyTorch's defaults for betas and epsilon)."""
+def learning_rate_schedule(learning_rate: float, schedule: str = "constant", warmup_steps: int = 0,
+                           total_steps: int = 0) -> float | optax.Schedule:
+    """The learning rate per step: ``learning_rate`` throughout ("constant", the article's),
+    or decayed to 0 along a half cosine ending at ``total_steps`` ("cosine"); either after a
+    linear warmup from 0 over ``warmup_steps``. A plain float where nothing varies."""
+    if schedule == "constant" and warmup_steps <= 0:
+        return learning_rate
+    if schedule == "cosine":
+        decay = optax.cosine_decay_schedule(learning_rate, max(total_steps - warmup_steps, 1))
+    else:
+        decay = optax.constant_schedule(learning_rate)
+    if warmup_steps <= 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def make_optimizer(learning_rate: float | optax.Schedule = 1e-3, grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+    """Adam with the article's learning rate (PyTorch's defaults for betas and epsilon), or a
+    schedule of it (`learning_rate_schedule`)."""
     adam = optax.adam(learning_rate)
     if grad_clip_norm:
         return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adam)
@@ -71,9 +89,17 @@ def global_norm(tree: PyTree) -> jax.Array:
     return jnp.sqrt(sum(squares))
 
 
-def ema_update(ema: PyTree, params: PyTree, decay: float) -> PyTree:
+def ema_update(ema: PyTree, params: PyTree, decay: float | jax.Array) -> PyTree:
     """``decay * ema + (1 - decay) * params`` leaf by leaf."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype), ema, params)
+
+
+def ema_decay_at(step: jax.Array, decay: float, start: int = 0) -> float | jax.Array:
+    """The EMA decay of the update that produces step ``step + 1``: 0 (the EMA copies the
+    parameters) before ``start``, ``decay`` from then on."""
+    if start <= 0:
+        return decay
+    return jnp.where(step + 1 < start, 0.0, decay)
 
 
 def draw_timesteps_and_noise(
@@ -95,6 +121,7 @@ def apply_update(
     tx: optax.GradientTransformation,
     schedule: Schedule,
     ema_decay: float,
+    ema_start: int = 0,
     labels: jax.Array | None = None,
     dropout_key: jax.Array | None = None,
     prediction: str = "eps",
@@ -125,7 +152,7 @@ def apply_update(
         params=params,
         batch_stats=batch_stats,
         opt_state=opt_state,
-        ema_params=ema_update(state.ema_params, params, ema_decay),
+        ema_params=ema_update(state.ema_params, params, ema_decay_at(state.step, ema_decay, ema_start)),
     )
     return new_state, {"loss": loss, "grad_norm": global_norm(grads)}
 
@@ -146,6 +173,7 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: Schedule,
     ema_decay: float = 0.999,
+    ema_start: int = 0,
     labels: jax.Array | None = None,
     label_dropout: float = 0.0,
     prediction: str = "eps",
@@ -163,7 +191,7 @@ def train_step(
     if labels is not None:
         labels = drop_labels(label_key, labels, label_dropout, getattr(model, "num_classes", 0))
     return apply_update(
-        state, batch, t, noise, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay,
+        state, batch, t, noise, model=model, tx=tx, schedule=schedule, ema_decay=ema_decay, ema_start=ema_start,
         labels=labels, dropout_key=dropout_key, prediction=prediction, min_snr_gamma=min_snr_gamma,
     )
 

@@ -178,14 +178,14 @@ class TrainingRun:
         self.config, self.workdir, self.mesh = config, workdir, mesh
         self.main = parallel.is_main_process()  # process 0 writes everything but the checkpoints
         self.model, self.schedule = factory.build_model(config), factory.build_schedule(config)
-        self.tx = factory.build_optimizer(config)
+        self.total = total_steps(config, len(dataset))
+        self.tx = factory.build_optimizer(config, self.total)
         init_key, self.data_key, self.step_key = factory.run_keys(config.train.seed)
         image_shape = dataset.images.shape[1:]
         self.state = factory.create_sharded_state(self.model, self.tx, init_key, image_shape, mesh, config.train.sharding)
         self.manager = checkpoint.make_manager(workdir, keep=config.checkpoint.keep)
         self.messages = self._restore(dataset)
         self.start = int(self.state.step)
-        self.total = total_steps(config, len(dataset))
         self.images = parallel.put_replicated(dataset.images, mesh)
         self.labels = parallel.put_replicated(dataset.labels, mesh)
         self.per_call = factory.steps_per_call(config, self.model)

@@ -1,9 +1,14 @@
-"""``jaxddpm convert``: article-model PyTorch weights <-> jaxddpm training workdirs.
+"""``jaxddpm convert``: article-model PyTorch weights <-> jaxddpm training workdirs, and
+diffusers DDPM models <-> jaxddpm exported models.
 
 ``--from-torch model.pt --out WORKDIR`` writes a workdir (config.json and a checkpoint at
 step 0 whose parameters and EMA parameters are the converted weights) that ``jaxddpm
 sample`` can use. ``--to-torch WORKDIR --out model.pt`` writes a state_dict that the
-article's model loads with ``load_state_dict(strict=True)``. Existing outputs are never
+article's model loads with ``load_state_dict(strict=True)``. ``--from-diffusers DIR --out
+OUT`` writes an exported model (`jaxddpm.Pipeline.from_pretrained`, ``jaxddpm sample --model``)
+from a diffusers UNet2DModel folder (with its scheduler config, if any); ``--to-diffusers SRC
+--out OUT`` writes a DDPMPipeline folder from an exported model or a training workdir. The
+diffusers directions need neither PyTorch nor diffusers. Existing outputs are never
 overwritten.
 """
 
@@ -74,18 +79,55 @@ def export_torch_checkpoint(workdir: str, out: str, weights: str = "ema") -> dic
     return state_dict
 
 
+def export_to_diffusers(source: str, out: str) -> None:
+    """``--to-diffusers``: ``source`` is an exported model directory or a training workdir."""
+    from jaxddpm.pipeline import CONFIG_FILE, WEIGHTS_FILE, Pipeline
+    from parity import diffusers_format
+
+    if os.path.exists(out):
+        raise FileExistsError(f"--out {out} exists; choose another path (files are never overwritten)")
+    exported = all(os.path.isfile(os.path.join(source, name)) for name in (CONFIG_FILE, WEIGHTS_FILE))
+    pipe = Pipeline.from_pretrained(source) if exported else Pipeline.from_workdir(source)
+    diffusers_format.export_diffusers(pipe, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="jaxddpm convert", description=__doc__.splitlines()[0])
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-torch", metavar="MODEL_PT", help="article-model state_dict to import")
     direction.add_argument("--to-torch", metavar="WORKDIR", help="jaxddpm workdir to export")
-    parser.add_argument("--out", required=True, help="the workdir (--from-torch) or .pt file (--to-torch) to create")
-    parser.add_argument("--weights", choices=("ema", "params"), default="ema", help="which parameters to export (default: ema)")
+    direction.add_argument("--from-diffusers", metavar="DIR", help="diffusers UNet2DModel or DDPMPipeline folder to import")
+    direction.add_argument("--to-diffusers", metavar="SRC", help="exported jaxddpm model or workdir to write as a DDPMPipeline folder")
+    parser.add_argument("--out", required=True,
+                        help="the workdir (--from-torch), .pt file (--to-torch), exported model (--from-diffusers) or "
+                             "diffusers folder (--to-diffusers) to create")
+    parser.add_argument("--weights", choices=("ema", "params"), default="ema", help="--to-torch: which parameters to export (default: ema)")
     args = parser.parse_args(argv)
     from jaxddpm import checkpoint
     from jaxddpm import config as config_lib
-    from parity import convert
 
+    if args.from_diffusers or args.to_diffusers:
+        from parity import diffusers_format
+
+        errors: tuple = (diffusers_format.DiffusersFormatError, FileExistsError, FileNotFoundError, checkpoint.CheckpointError, config_lib.ConfigError)
+        try:
+            if args.from_diffusers:
+                scheduler = diffusers_format.import_diffusers(args.from_diffusers, args.out)
+                if scheduler is None:
+                    print("note: no scheduler_config.json found; used DDPMScheduler's defaults", file=sys.stderr)
+            else:
+                export_to_diffusers(args.to_diffusers, args.out)
+        except errors as e:
+            print(f"error: {e}".splitlines()[0], file=sys.stderr)
+            return 2
+        print(f"wrote {args.out}")
+        return 0
+
+    try:
+        from parity import convert
+    except ImportError as e:
+        print(f"error: --from-torch and --to-torch need PyTorch ({e}); install it with: pip install 'jaxddpm[parity]'", file=sys.stderr)
+        return 2
     try:
         if args.from_torch:
             import_torch_checkpoint(args.from_torch, args.out)
@@ -99,3 +141,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.out}")
     return 0
+

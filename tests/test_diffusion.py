@@ -63,6 +63,32 @@ def test_p_sample_step_adds_posterior_std_noise_elsewhere(schedule):
     np.testing.assert_allclose(moved[1], np.sqrt(schedule.posterior_variance[10]), rtol=0, atol=2.4e-7)
 
 
+def test_p_sample_step_variance_and_clipping_options(schedule):
+    """fixed_large adds beta_t-scaled noise; clip_x0 takes the posterior mean of the clipped
+    x0 prediction, which is the article's mean wherever the prediction lies in [-1, 1]."""
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    x0 = jax.random.uniform(k1, (3, 4, 4, 1), minval=-0.9, maxval=0.9)
+    eps, noise = jax.random.normal(k2, x0.shape), jax.random.normal(k3, x0.shape)
+    t = jnp.array([0, 40, 250])
+    x_t = jd.q_sample(schedule, x0, t, eps)
+    plain = jd.p_sample_step(schedule, eps, x_t, t, noise)
+    # Predictions inside [-1, 1]: clipping changes nothing but the rounding.
+    chex.assert_trees_all_close(jd.p_sample_step(schedule, eps, x_t, t, noise, clip_x0=True), plain, atol=1e-5)
+    large = jd.p_sample_step(schedule, eps, x_t, t, noise, variance="fixed_large")
+    expected = jd.p_mean(schedule, eps, x_t, t) + jnp.sqrt(schedule.betas[t])[:, None, None, None] * noise
+    chex.assert_trees_all_close(large[1:], expected[1:], atol=1e-6)
+    chex.assert_trees_all_equal(large[0], plain[0])  # no noise at t = 0 either way
+    # A prediction outside [-1, 1]: the mean given the clipped x0.
+    far = x_t + 5.0
+    x0_pred = jnp.clip(jd.predict_x0_from_eps(schedule, far, t, eps), -1.0, 1.0)
+    mean = jd.q_posterior(schedule, x0_pred, far, t)[0]
+    clipped = jd.p_sample_step(schedule, eps, far, t, noise, clip_x0=True)
+    chex.assert_trees_all_close(clipped[0], mean[0], atol=1e-6)
+    assert float(jnp.abs(clipped - jd.p_sample_step(schedule, eps, far, t, noise)).max()) > 0.1
+    with pytest.raises(ValueError, match="variance 'learned' is unknown; allowed: fixed_small, fixed_large"):
+        jd.p_sample_step(schedule, eps, x_t, t, noise, variance="learned")
+
+
 def test_loss_is_mse_of_noise_prediction(schedule):
     x0 = jnp.zeros((2, 2, 2, 1))
     noise = jnp.ones_like(x0)

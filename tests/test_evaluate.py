@@ -31,21 +31,32 @@ def trained_workdir(tmp_path_factory):
 @pytest.mark.slow
 def test_evaluate_end_to_end_with_a_stand_in_feature_network(trained_workdir, monkeypatch):
     monkeypatch.setattr("jaxddpm.classifier.TRAIN_STEPS", 60)  # a short classifier run
-    results = evaluate(trained_workdir, ("bpd", "quality", "fid"), num_samples=40, batch_size=20, feature_fn=stand_in_features, feature_name="standin")
+    results = evaluate(trained_workdir, ("bpd", "quality", "fid"), num_samples=250, batch_size=125, feature_fn=stand_in_features,
+                       feature_name="standin", num_seeds=2)
     bpd = results["bpd"]
     assert bpd["num_images"] == 200 and len(bpd["timestep_bpd"]) == 10 and np.isfinite(bpd["bpd"])
     assert bpd["bpd"] == pytest.approx(bpd["prior_bpd"] + sum(bpd["timestep_bpd"]), rel=1e-5)
     quality = results["quality"]
-    assert 0 <= quality["samples"]["confident_share"] <= 1 and quality["real"]["num_classes"] == 10
-    for part in ("samples", "real"):
-        assert 0 <= quality[part]["precision"] <= 1 and 0 <= quality[part]["recall"] <= 1 and quality[part]["k"] == 3
-    assert 0 <= quality["memorisation"]["share_closer_than_held_out"] <= 1
-    assert np.isfinite(results["fid"]["fid"]) and results["fid"]["fid"] >= 0
+    assert quality["real"]["num_classes"] == 10 and 0 <= quality["real"]["precision"] <= 1 and quality["real"]["k"] == 3
+    assert 0 <= quality["classifier_accuracy_on_held_out"] <= 1 and "1597 training images" in quality["classifier"]
+    for seed, one in enumerate(quality["per_seed"]):
+        samples = one["samples"]
+        # 250 samples against 200 held-out images: one group of 200 scored.
+        assert samples["groups"] == 1 and samples["group_size"] == 200 and sum(samples["class_counts"]) <= 250
+        assert 0 <= samples["precision"] <= 1 and 0 <= samples["recall"] <= 1 and samples["frechet_distance"] > 0
+        assert one["vs_real"]["precision"] == pytest.approx(samples["precision"] / quality["real"]["precision"])
+        assert 0 <= one["memorisation"]["share_closer_than_held_out"] <= 1
+    spread = quality["spread"]["samples.frechet_distance"]
+    assert spread["values"] == [one["samples"]["frechet_distance"] for one in quality["per_seed"]]
+    assert spread["values"][0] != spread["values"][1] and spread["mean"] == pytest.approx(np.mean(spread["values"]))
+    fid = results["fid"]["spread"]["fid"]
+    assert len(fid["values"]) == 2 and min(fid["values"]) >= 0
     for name in ("bpd", "quality", "fid"):
         saved = json.load(open(results[name]["path"]))
         assert saved["metric"] == name and saved["step"] == 30
+    assert results["quality"]["path"].endswith("quality_step30_ancestral_seeds0-1.json")
     assert results["quality"]["sampler"] == results["fid"]["sampler"] == dict(
-        sampler="ancestral", steps=50, eta=0.0, clip_x0=False, guidance=1.0, label=-1)
+        sampler="ancestral", steps=50, eta=0.0, clip_x0=False, variance="fixed_small", guidance=1.0, label=-1)
     # The trained model's bound is lower than the freshly initialised model's.
     fresh = evaluate(trained_workdir, ("bpd",), fresh=True)["bpd"]
     assert fresh["step"] == 0 and fresh["bpd"] > bpd["bpd"]

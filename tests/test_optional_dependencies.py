@@ -76,11 +76,12 @@ def test_core_dependencies_leave_out_the_heavy_optional_ones():
 
 @pytest.mark.slow
 def test_train_and_the_pipeline_run_without_the_optional_dependencies(tmp_path):
-    """What a plain install runs: `jaxddpm train` (tiny), `jaxddpm export`, and the README's
-    Pipeline lines, with torch, TensorFlow, TFDS, scikit-learn and matplotlib impossible to import."""
+    """What a plain install runs: `jaxddpm train` (tiny), `jaxddpm export`, the README's
+    Pipeline lines and `jaxddpm convert` to and from diffusers' format, with torch, diffusers,
+    TensorFlow, TFDS, scikit-learn and matplotlib impossible to import."""
     workdir, export, grid = tmp_path / "run", tmp_path / "export", tmp_path / "grid.png"
     _run(
-        BLOCK.format(blocked={"torch", "tensorflow", "tensorflow_datasets", "sklearn", "keras", "matplotlib"})
+        BLOCK.format(blocked={"torch", "tensorflow", "tensorflow_datasets", "sklearn", "keras", "matplotlib", "diffusers"})
         + "from tests.helpers import tiny_argv\n"
         + "from jaxddpm import cli\n"
         + f"assert cli.main(['train', '--workdir', {str(workdir)!r}, *tiny_argv()]) == 0\n"
@@ -89,8 +90,13 @@ def test_train_and_the_pipeline_run_without_the_optional_dependencies(tmp_path):
         + f"pipe = jaxddpm.Pipeline.from_workdir({str(workdir)!r})\n"
         + f"jaxddpm.save_grid({str(grid)!r}, pipe.sample(16, seed=0))\n"
         + f"assert (jaxddpm.Pipeline.from_pretrained({str(export)!r}).sample(16, seed=0) == pipe.sample(16, seed=0)).all()\n"
+        # The diffusers format both ways, for a DDPMUNet (random weights).
+        + "from tests.helpers import tiny_ddpm_pipeline\n"
+        + f"tiny_ddpm_pipeline('fused').save_pretrained({str(tmp_path / 'ddpm')!r})\n"
+        + f"assert cli.main(['convert', '--to-diffusers', {str(tmp_path / 'ddpm')!r}, '--out', {str(tmp_path / 'hf')!r}]) == 0\n"
+        + f"assert cli.main(['convert', '--from-diffusers', {str(tmp_path / 'hf')!r}, '--out', {str(tmp_path / 'back')!r}]) == 0\n"
         + "assert not {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None} "
-        + "& {'torch', 'tensorflow', 'tensorflow_datasets', 'sklearn'}\n",
+        + "& {'torch', 'tensorflow', 'tensorflow_datasets', 'sklearn', 'diffusers'}\n",
         timeout=300,
     )
     assert grid.stat().st_size > 0

@@ -70,6 +70,18 @@ def test_step_counter_and_ema_follow_their_formulas(setup):
     assert not np.allclose(new.batch_stats["down_blocks_0"]["bn1"]["mean"], state.batch_stats["down_blocks_0"]["bn1"]["mean"])
 
 
+def test_learning_rate_schedules_and_ema_start():
+    from jaxddpm.train import ema_decay_at, learning_rate_schedule
+
+    assert learning_rate_schedule(1e-3) == 1e-3  # the article's constant rate stays a plain float
+    warm = learning_rate_schedule(1e-3, "constant", warmup_steps=10)
+    np.testing.assert_allclose([warm(0), warm(5), warm(10), warm(500)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+    cosine = learning_rate_schedule(1e-3, "cosine", warmup_steps=10, total_steps=110)
+    np.testing.assert_allclose([cosine(5), cosine(10), cosine(60), cosine(110)], [5e-4, 1e-3, 5e-4, 0.0], rtol=1e-5, atol=1e-9)
+    assert ema_decay_at(jnp.int32(3), 0.99) == 0.99
+    np.testing.assert_allclose([ema_decay_at(jnp.int32(s), 0.99, start=5) for s in (0, 3, 4, 9)], [0, 0, 0.99, 0.99])
+
+
 def test_train_step_randomness_comes_from_key_and_step(setup):
     model, tx, schedule, state, batch = setup
     step = compiled_step(model, tx, schedule, 0.9)

@@ -34,6 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.attention_resolutions = (16,)  # feature-map sides that get self-attention
     c.model.dropout = 0.1
     c.model.norm_groups = 32
+    # ddpm_unet options for other checkpoints of the family (jaxddpm convert --from-diffusers sets them):
+    c.model.time_flip_sin_to_cos = False  # time embedding [cos, sin] instead of [sin, cos]
+    c.model.time_freq_shift = 1.0  # frequencies exp(-k log(10000) / (dim/2 - shift))
+    c.model.downsample_padding = "same"  # same | after (one row/column after) | both (one on every side)
+    c.model.norm_eps = 1e-6  # GroupNorm epsilon
+    c.model.attention_head_dim = 0  # channels per attention head; 0 = one head
+    c.model.qkv_layout = "fused"  # fused | separate (q, k, v projections stored apart)
+    c.model.mid_scale = 1.0  # the middle blocks' outputs are divided by this
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
 
     c.diffusion = ml_collections.ConfigDict()
@@ -48,10 +56,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.seed = 0
     c.train.batch_size = 128
     c.train.learning_rate = 1e-3
+    c.train.lr_schedule = "constant"  # constant (the article's) | cosine (decay to 0 at the last step)
+    c.train.warmup_steps = 0  # linear learning-rate warmup from 0 over this many steps
     c.train.grad_clip_norm = 0.0  # 0 = off
     c.train.num_epochs = 300
     c.train.num_steps = 0  # > 0 overrides num_epochs
     c.train.ema_decay = 0.999
+    c.train.ema_start = 0  # the EMA copies the parameters until this step, then averages
     c.train.label_dropout = 0.1  # share of labels replaced by "no label" (conditional models)
     c.train.sharding = "replicated"  # train state over the devices: replicated | fsdp (split large arrays)
     c.train.log_every_steps = 100
@@ -67,7 +78,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample.sampler = "ancestral"  # ancestral (the article's, T steps) | ddim
     c.sample.steps = 50  # ddim only: number of steps
     c.sample.eta = 0.0  # ddim only: 0 = deterministic, 1 = ancestral-like noise
-    c.sample.clip_x0 = False  # ddim only: clip the predicted x0 to [-1, 1]
+    c.sample.clip_x0 = False  # clip the predicted x0 to [-1, 1] (the article's sampler does not)
+    c.sample.variance = "fixed_small"  # ancestral: posterior variance (the article's) | fixed_large (beta_t)
     c.sample.guidance = 1.0  # conditional models: 0 = unconditional, 1 = conditional, > 1 = guided
     c.sample.label = -1  # conditional models: the class to draw; -1 cycles through all classes
     return c

@@ -16,18 +16,25 @@ from jaxddpm.kernels import ConvPolicy, conv_transpose_4x4_s2
 Dtype = Any
 
 
-def sinusoidal_embedding(t: jax.Array, dim: int, dtype: Dtype = jnp.float32) -> jax.Array:
-    """Sinusoidal timestep embedding: ``[sin(t * f_k), cos(t * f_k)]``.
+def sinusoidal_embedding(t: jax.Array, dim: int, dtype: Dtype = jnp.float32, *, flip_sin_to_cos: bool = False,
+                         freq_shift: float = 1.0) -> jax.Array:
+    """Sinusoidal timestep embedding: ``[sin(t * f_k), cos(t * f_k)]`` (``[cos, sin]`` with
+    ``flip_sin_to_cos``).
 
-    The frequencies are ``f_k = exp(-k * log(10000) / (dim // 2 - 1))`` for k < dim // 2.
-    They are computed in float64 and rounded once to ``dtype``.
+    The frequencies are ``f_k = exp(-k * log(10000) / (dim // 2 - freq_shift))`` for
+    k < dim // 2 (``freq_shift`` 1 is the article's and the original DDPM code's; diffusers
+    calls the two options ``flip_sin_to_cos`` and ``freq_shift`` too). They are computed in
+    float64 and rounded once to ``dtype``.
     """
     half = dim // 2
     if half < 2:
         raise ValueError(f"embedding dim must be at least 4, got {dim}")
-    freqs = np.exp(np.arange(half, dtype=np.float64) * -(math.log(10000.0) / (half - 1)))
+    if half - freq_shift <= 0:
+        raise ValueError(f"freq_shift must be below dim // 2 = {half}, got {freq_shift}")
+    freqs = np.exp(np.arange(half, dtype=np.float64) * -(math.log(10000.0) / (half - freq_shift)))
     angles = t.astype(dtype)[:, None] * jnp.asarray(freqs, dtype=dtype)[None, :]
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    parts = [jnp.cos(angles), jnp.sin(angles)] if flip_sin_to_cos else [jnp.sin(angles), jnp.cos(angles)]
+    return jnp.concatenate(parts, axis=-1)
 
 
 class BatchNorm(nn.Module):
