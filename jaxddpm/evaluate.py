@@ -224,12 +224,13 @@ def evaluate(
             per_seed = [{"fid": metrics.fid(fn, pipe.sample(num_samples, seed=sd, batch_size=batch_size, progress=True, **options), reference)}
                         for sd in seeds]
             result = dict(over_seeds(per_seed, ("fid",)), num_samples=num_samples, features=feature_name, sampler=sampler_record)
-        result.update(metric=name, step=step, fresh=fresh, seed=seed, seeds=len(seeds), seconds=round(time.perf_counter() - start, 1))
+        result.update(metric=name, step=step, fresh=fresh, seed=seed, seeds=1 if name == "bpd" else len(seeds),
+                      seconds=round(time.perf_counter() - start, 1))
         results[name] = result
         if write and jax.process_index() == 0:
             out_dir = os.path.join(workdir, "eval")
             os.makedirs(out_dir, exist_ok=True)
-            seed_tag = f"seed{seed}" if len(seeds) == 1 else f"seeds{seed}-{seeds[-1]}"
+            seed_tag = f"seed{seed}" if len(seeds) == 1 or name == "bpd" else f"seeds{seed}-{seeds[-1]}"
             sampler_tag = "" if name == "bpd" else f"_{sampler_label(sampler_record)}"
             path = os.path.join(out_dir, f"{name}_step{step}{'_fresh' if fresh else ''}{sampler_tag}_{seed_tag}.json")
             with atomic_write(path) as f:

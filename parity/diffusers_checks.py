@@ -29,6 +29,7 @@ from jaxddpm import diffusion
 from jaxddpm.factory import build_schedule
 from jaxddpm.kernels import ConvPolicy
 from jaxddpm.models.layers import sinusoidal_embedding
+from jaxddpm.schedule import BETA_SCHEDULES, tables_from_betas
 from jaxddpm.terminal import ArgumentParser
 from parity import diffusers_format
 from parity.checks import EPS32, CheckResult, compare, nchw, nhwc, precision
@@ -214,12 +215,15 @@ def _with_noise(noises):
 
 def check_steps(s: Setup) -> list[CheckResult]:
     """One reverse step from given x_t, predicted noise and step noise, for both variances, at
-    timesteps from T - 1 to 0. Held to 1e-4 / sqrt(abar_t) plus the float32 rounding of the
-    scheduler's tables: its abar_t, a product of t + 1 float32 factors, is off by up to t + 1
-    ulps, which 1 - abar_t (in its coefficients) magnifies by 1 / (1 - abar_t) at small t, and
-    x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) by 1 / sqrt(abar) at large t."""
+    timesteps from T - 1 to 0. Held to 1e-4 / sqrt(abar_t) plus the error the scheduler's
+    float32 table brings: its abar_t (a product of t + 1 float32 factors) differs from the
+    float64 value by d_t, which the coefficients' 1 - abar_t magnifies to d_t / (1 - abar_t)
+    relative at small t (times the largest |x_t|, for two coefficients); at large t,
+    x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) magnifies rounding by 1 / sqrt(abar)."""
     rng = np.random.default_rng(s.seed + 1)
     schedule, clip = build_schedule(s.pipe.config), bool(s.pipe.config.sample.clip_x0)
+    d = s.pipe.config.diffusion
+    abar64 = tables_from_betas(BETA_SCHEDULES[d.schedule](d.num_timesteps, d.beta_start, d.beta_end))["alphas_cumprod"]
     shape = s.x.shape
     results = []
     for variance in ("fixed_small", "fixed_large"):
@@ -231,7 +235,8 @@ def check_steps(s: Setup) -> list[CheckResult]:
             tt = jnp.full((shape[0],), t, jnp.int32)
             ours = diffusion.p_sample_step(schedule, jnp.asarray(eps), jnp.asarray(x), tt, jnp.asarray(noise), clip_x0=clip, variance=variance)
             abar = float(scheduler.alphas_cumprod[t])
-            tol = 1e-4 / math.sqrt(abar) + (t + 1) * EPS32 / (1.0 - abar) * float(np.abs(x).max())
+            table_error = abs(abar - abar64[t]) / (1.0 - abar64[t]) * 2 * float(np.abs(x).max())
+            tol = 1e-4 / math.sqrt(abar) + table_error
             results.append(compare(f"step {variance} t={t}", np.asarray(ours), theirs, tol))
     return results
 

@@ -3,6 +3,7 @@
 from jaxddpm import config as config_lib
 
 TINY_OVERRIDES = {
+    "model.name": "simple_unet",
     "model.channels": "(4, 8)",
     "model.time_emb_dim": "8",
     "data.image_size": "8",

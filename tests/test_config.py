@@ -73,11 +73,11 @@ def test_model_fields_reach_the_model():
     from jaxddpm.factory import build_model
     from jaxddpm.kernels import ConvPolicy
 
-    c = config_lib.apply_overrides(config_lib.load_config("quickstart"), {"model.conv_impl": "xla", "model.upsample_impl": "subpixel"})
+    c = config_lib.apply_overrides(config_lib.load_config("flowers64"), {"model.conv_impl": "xla", "model.upsample_impl": "subpixel"})
     config_lib.validate(c)
     model = build_model(c)
     assert model.conv_policy == ConvPolicy(impl="xla", upsample="subpixel")
-    assert build_model(config_lib.load_config("quickstart")).conv_policy == ConvPolicy()
+    assert build_model(config_lib.load_config("flowers64")).conv_policy == ConvPolicy()
 
 
 def test_unknown_config_name():

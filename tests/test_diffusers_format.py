@@ -63,6 +63,13 @@ def test_weights_round_trip_through_diffusers_files_for_both_qkv_layouts(tmp_pat
     df.import_diffusers(str(tmp_path / "hf"), str(tmp_path / "back"))
     back = Pipeline.from_pretrained(str(tmp_path / "back"))
     assert back.config.model.qkv_layout == "separate" and back.config.sample.variance == "fixed_large"
+    # jaxddpm sample --model: an exported model instead of a workdir.
+    from jaxddpm import cli
+
+    png = tmp_path / "s.png"
+    assert cli.main(["sample", "--model", str(tmp_path / "back"), "--num", "2", "--sampler", "ddim", "--steps", "2", "--out", str(png)]) == 0
+    assert png.stat().st_size > 0 and np.load(tmp_path / "s.npz")["samples"].shape == (2, 8, 8, 3)
+    assert cli.main(["sample", "--model", str(tmp_path / "nothing"), "--num", "2"]) == 2
     expected = df.variables_from_state_dict(state, separate.config)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), back.variables["params"], expected["params"]))
     # A tensor missing from the folder is named.

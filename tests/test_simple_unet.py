@@ -101,7 +101,7 @@ def test_the_model_says_whether_its_training_steps_may_run_in_a_loop():
     gradient convolutions stay fast inside a loop (on the CPU: the policy's CPU forms)."""
     from jaxddpm import config as config_lib, factory
 
-    config = config_lib.load_config("quickstart")
+    config = config_lib.load_config("flowers64")
     on_cpu = jax.default_backend() == "cpu"
     assert jd.SimpleUNet(**TINY).fast_in_loops()
     assert jd.SimpleUNet(**TINY, conv_policy=ConvPolicy(impl="xla")).fast_in_loops() == (not on_cpu)

@@ -23,8 +23,11 @@ declare -A VARIANTS=(
   [wide]="--config.model.channels=(48,96,192) --config.train.num_steps=1200"
   [beta-end-0.05]="--config.diffusion.beta_end=0.05"
   [batch32]="--config.train.batch_size=32 --config.train.num_steps=4000"
+  [ddpm-unet]="--config.model.name=ddpm_unet --config.model.base_channels=32 --config.model.channel_mult=(1,2,2) --config.model.num_res_blocks=1 --config.model.attention_resolutions=(4,) --config.model.dropout=0.0 --config.train.num_steps=1000"
 )
-ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.05 batch32)
+VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]}"
+VARIANTS[ddpm-unet+cosine+ema]="${VARIANTS[ddpm-unet+cosine]} --config.train.ema_decay=0.998 --config.train.ema_start=100"
+ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.05 batch32 ddpm-unet ddpm-unet+cosine ddpm-unet+cosine+ema)
 SEEDS=${SEEDS:-3}
 NUM=${NUM:-297}   # one group of the held-out set's size per seed
 # Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50, each with and without clipping).
