@@ -90,24 +90,27 @@ def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int,
     train_features = metrics.batched_features(features_fn, train_set.images)
     reference = metrics.feature_statistics(train_features)
 
-    def score(images_u8):
-        features = metrics.batched_features(features_fn, images_u8)
-        result = metrics.classifier_score(metrics.batched_features(probs_fn, images_u8))
+    def judge(images_u8):  # (probabilities, features), each computed once per image set
+        return metrics.batched_features(probs_fn, images_u8), metrics.batched_features(features_fn, images_u8)
+
+    def score(probs, features):
+        result = metrics.classifier_score(probs)
         result["frechet_distance"] = metrics.frechet_distance(*metrics.feature_statistics(features), *reference)
         result.update(metrics.precision_recall(train_features, features))
         return result
 
-    real = held_out.images
-    real_score = score(real)
+    real_probs, real_features = judge(held_out.images)
+    real_score = score(real_probs, real_features)
     samples_u8 = pipe.sample(num_samples, seed=seed, batch_size=batch_size, progress=True, **(sampler_options or {}))
-    size = min(len(real), num_samples)
-    groups = [score(samples_u8[i : i + size]) for i in range(0, num_samples - size + 1, size)]
+    sample_probs, sample_features = judge(samples_u8)
+    size = min(len(held_out), num_samples)
+    groups = [score(sample_probs[i : i + size], sample_features[i : i + size]) for i in range(0, num_samples - size + 1, size)]
     sample_score = {name: float(np.mean([g[name] for g in groups])) for name in SCORED}
     sample_score.update({f"{name}_group_std": float(np.std([g[name] for g in groups])) for name in SCORED})
-    whole = metrics.classifier_score(metrics.batched_features(probs_fn, samples_u8))
+    whole = metrics.classifier_score(sample_probs)
     sample_score.update({k: whole[k] for k in ("classes_present", "num_classes", "min_class_count", "class_counts")})
     sample_score.update(groups=len(groups), group_size=size, k=groups[0]["k"])
-    held_out_accuracy = float(np.mean(metrics.batched_features(probs_fn, real).argmax(1) == held_out.labels))
+    held_out_accuracy = float(np.mean(real_probs.argmax(1) == held_out.labels))
     return {
         "samples": sample_score,
         "real": real_score,
@@ -116,7 +119,7 @@ def quality(pipe: Pipeline, train_set, held_out, *, num_samples: int, seed: int,
         "memorisation": metrics.memorisation(*(x.reshape(len(x), -1).astype(np.float32) for x in (samples_u8, train_set.images, held_out.images))),
         "classifier_accuracy_on_held_out": held_out_accuracy,
         "num_samples": num_samples,
-        "classifier": f"SmallCNN trained on the {len(train_set)} training images; real = the {len(real)} held-out images",
+        "classifier": f"SmallCNN trained on the {len(train_set)} training images; real = the {len(held_out)} held-out images",
     }
 
 

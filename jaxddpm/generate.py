@@ -9,8 +9,7 @@ import jax
 import numpy as np
 
 from jaxddpm import checkpoint, factory, images
-from jaxddpm import config as config_lib
-from jaxddpm.pipeline import CONFIG_FILE, Pipeline, read_workdir_config, sampler_options_for
+from jaxddpm.pipeline import Pipeline, read_export_config, read_workdir_config, sampler_options_for
 from jaxddpm.train import TrainState
 
 
@@ -34,14 +33,7 @@ def sample_workdir(
     the output paths are checked before any weights are read.
     """
     source = model_dir or workdir
-    if model_dir is not None:
-        config_path = os.path.join(model_dir, CONFIG_FILE)
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"{model_dir} is not an exported model: {CONFIG_FILE} is missing")
-        with open(config_path) as f:
-            config = config_lib.from_json(f.read())
-    else:
-        config = read_workdir_config(workdir)
+    config = read_export_config(model_dir) if model_dir is not None else read_workdir_config(workdir)
     sampler_options_for(config, label=label, **options)  # ConfigError before any weights are read
     if out is not None:
         _refuse_existing(out)

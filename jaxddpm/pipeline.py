@@ -70,8 +70,7 @@ class Pipeline:
         for path in (config_path, weights_path):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{directory} is not an exported model: {os.path.basename(path)} is missing")
-        with open(config_path) as f:
-            config = config_lib.from_json(f.read())
+        config = read_export_config(directory)
         with safe_open(weights_path, "numpy") as f:
             step = (f.metadata() or {}).get("step")
         flat = load_file(weights_path)
@@ -169,6 +168,15 @@ def refuse_existing_export(directory: str, option: str = "directory") -> None:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if os.path.exists(os.path.join(directory, name)):
             raise FileExistsError(f"{os.path.join(directory, name)} exists; choose another {option} (exports are never overwritten)")
+
+
+def read_export_config(directory: str) -> ml_collections.ConfigDict:
+    """The config.json of an exported model; `FileNotFoundError` if there is none."""
+    config_path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{directory} is not an exported model: {CONFIG_FILE} is missing")
+    with open(config_path) as f:
+        return config_lib.from_json(f.read())
 
 
 def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
