@@ -29,7 +29,7 @@ def test_every_check_passes_at_small_size(float64):
         assert worst < 1e-10
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_full_model_forward_loss_and_gradients_float32():
     """The article's full-size model (62M parameters) as `python -m parity` checks it, at
     batch 4: the forward pass, the loss and every parameter's gradient. (At batch 2, the
