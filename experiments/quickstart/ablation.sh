@@ -2,7 +2,8 @@
 # The quickstart ablation: trains each variant of the quickstart config (one change at a
 # time, then the chosen combination) into runs/ablation/NAME and evaluates it with
 # `jaxddpm eval --metric quality` over 3 sampling seeds, with the ancestral sampler and with
-# DDIM at 50 steps, each with and without clipping the predicted x0.
+# DDIM at 50 steps (the base was also evaluated with the predicted x0 clipped:
+# SAMPLERS=" ;--clip-x0;--sampler ddim --steps 50;--sampler ddim --steps 50 --clip-x0").
 #
 #   bash experiments/quickstart/ablation.sh [NAME ...]     (default: every variant below)
 #
@@ -12,26 +13,43 @@
 # Tabulate with: python experiments/quickstart/ablation_table.py runs/ablation
 set -euo pipefail
 
+# Every variant spells out the base it changes, so the commands do not move when the
+# quickstart config does. Round 1 changes the quickstart as it was before the U-Net (the
+# article's SimpleUNet, 2,000 steps at batch 64); round 2 changes the residual U-Net at 1,000
+# steps at batch 64 (the round-1 winner, `ddpm-unet`).
+SIMPLE="--config.model.name=simple_unet --config.model.channels=(32,64,128) --config.model.time_emb_dim=32 --config.train.batch_size=64 --config.train.num_steps=2000 --config.train.learning_rate=1e-3 --config.train.ema_decay=0.995"
+UNET="--config.model.name=ddpm_unet --config.model.base_channels=32 --config.model.channel_mult=(1,2,2) --config.model.num_res_blocks=1 --config.model.attention_resolutions=(4,) --config.model.dropout=0.0 --config.train.batch_size=64 --config.train.num_steps=1000 --config.train.learning_rate=1e-3 --config.train.ema_decay=0.995"
 declare -A VARIANTS=(
-  [base]=""
-  [cosine]="--config.train.lr_schedule=cosine --config.train.warmup_steps=100"
-  [ema]="--config.train.ema_decay=0.999 --config.train.ema_start=500"
-  [temb128]="--config.model.time_emb_dim=128"
-  [batch128]="--config.train.batch_size=128 --config.train.num_steps=1000"
-  [lr2e-3]="--config.train.learning_rate=2e-3"
-  [schedule-cosine]="--config.diffusion.schedule=cosine"
-  [wide]="--config.model.channels=(48,96,192) --config.train.num_steps=1200"
-  [beta-end-0.05]="--config.diffusion.beta_end=0.05"
-  [batch32]="--config.train.batch_size=32 --config.train.num_steps=4000"
-  [ddpm-unet]="--config.model.name=ddpm_unet --config.model.base_channels=32 --config.model.channel_mult=(1,2,2) --config.model.num_res_blocks=1 --config.model.attention_resolutions=(4,) --config.model.dropout=0.0 --config.train.num_steps=1000"
+  [base]="$SIMPLE"
+  [cosine]="$SIMPLE --config.train.lr_schedule=cosine --config.train.warmup_steps=100"
+  [ema]="$SIMPLE --config.train.ema_decay=0.999 --config.train.ema_start=500"
+  [temb128]="$SIMPLE --config.model.time_emb_dim=128"
+  [batch128]="$SIMPLE --config.train.batch_size=128 --config.train.num_steps=1000"
+  [lr2e-3]="$SIMPLE --config.train.learning_rate=2e-3"
+  [schedule-cosine]="$SIMPLE --config.diffusion.schedule=cosine"
+  [wide]="$SIMPLE --config.model.channels=(48,96,192) --config.train.num_steps=1200"
+  [beta-end-0.05]="$SIMPLE --config.diffusion.beta_end=0.05"
+  [batch32]="$SIMPLE --config.train.batch_size=32 --config.train.num_steps=4000"
+  [ddpm-unet]="$UNET"
+  [unet-scaled-betas]="$UNET --config.diffusion.beta_start=3.3333e-4 --config.diffusion.beta_end=0.066667"
+  [unet-lr2e-3]="$UNET --config.train.learning_rate=2e-3"
+  [unet-ema0.99]="$UNET --config.train.ema_decay=0.99"
+  [unet-batch32]="$UNET --config.train.batch_size=32 --config.train.num_steps=2000"
+  [unet-batch32-ema0.99]="$UNET --config.train.batch_size=32 --config.train.num_steps=2000 --config.train.ema_decay=0.99"
+  [unet-batch16]="$UNET --config.train.batch_size=16 --config.train.num_steps=3000"
+  [unet-c16-batch32]="$UNET --config.model.base_channels=16 --config.train.batch_size=32 --config.train.num_steps=4000"
+  [quickstart]=""  # the shipped config as it is
+  [unet-c48-batch32]="$UNET --config.model.base_channels=48 --config.train.batch_size=32 --config.train.num_steps=1000"
 )
-VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]}"
+VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]#"$SIMPLE"}"
 VARIANTS[ddpm-unet+cosine+ema]="${VARIANTS[ddpm-unet+cosine]} --config.train.ema_decay=0.998 --config.train.ema_start=100"
-ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.05 batch32 ddpm-unet ddpm-unet+cosine ddpm-unet+cosine+ema)
+ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.05 batch32 ddpm-unet ddpm-unet+cosine
+       ddpm-unet+cosine+ema unet-scaled-betas unet-lr2e-3 unet-ema0.99 unet-batch32 unet-batch32-ema0.99 unet-batch16
+       unet-c16-batch32 unet-c48-batch32 quickstart)
 SEEDS=${SEEDS:-3}
 NUM=${NUM:-297}   # one group of the held-out set's size per seed
-# Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50, each with and without clipping).
-IFS=';' read -r -a SAMPLERS <<< "${SAMPLERS:- ;--clip-x0;--sampler ddim --steps 50;--sampler ddim --steps 50 --clip-x0}"
+# Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50).
+IFS=';' read -r -a SAMPLERS <<< "${SAMPLERS:- ;--sampler ddim --steps 50}"
 
 mkdir -p runs/ablation
 for name in "${@:-${ORDER[@]}}"; do

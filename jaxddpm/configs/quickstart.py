@@ -5,8 +5,9 @@ U-Net. Needs no network.
 The diffusion is the article's (T = 300, linear betas 1e-4..0.02, noise prediction with the
 mean squared error, the ancestral sampler); the network is not: at this budget the article's
 SimpleUNet draws many malformed digits, and a residual U-Net of about the same size
-(GroupNorm, attention at 4x4) trained for fewer steps draws far better ones
-(experiments/quickstart/: the ablation, its commands and its numbers).
+(GroupNorm, attention at 4x4) trained for fewer steps draws far better ones. Batches of 32
+rather than 64: 11% fewer images per second on the CPU, twice the updates for the images seen, better
+samples from both samplers (experiments/quickstart/: the ablation, its commands and its numbers).
 """
 
 from jaxddpm.configs import default
@@ -27,9 +28,9 @@ def get_config():
     c.model.dropout = 0.0
     c.model.channels = (32, 64, 128)  # the article's SimpleUNet at this size: --config.model.name=simple_unet
     c.model.time_emb_dim = 32
-    c.train.batch_size = 64
+    c.train.batch_size = 32
     c.train.num_epochs = 0
-    c.train.num_steps = 900
+    c.train.num_steps = 1800
     c.train.learning_rate = 1e-3
     c.train.ema_decay = 0.995
     c.train.log_every_steps = 250
