@@ -16,10 +16,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxddpm import config as config_lib
 from jaxddpm import factory
+from jaxddpm.profiling import program_runner, timed
 from jaxddpm.train import create_train_state
 
 
@@ -34,16 +34,8 @@ def time_step(config_name: str, overrides: dict, reps: int) -> dict:
     step = factory.make_train_step(model, tx, schedule, c).lower(state, *args).compile()
     compile_s = time.perf_counter() - t0
     cost = step.cost_analysis()
-    flops = (cost[0] if isinstance(cost, list) else cost or {}).get("flops", 0.0)
-    state, _ = step(state, *args)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        state, _ = step(state, *args)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t0)
-    median = float(np.median(times))
+    flops = float((cost[0] if isinstance(cost, list) else cost or {}).get("flops", 0.0))
+    median = timed(program_runner(step, state, args), reps)["median_s"]
     return dict(compile_s=compile_s, median_s=median, images_per_s=c.train.batch_size / median,
                 gflop_per_step=flops / 1e9, gflop_per_s=flops / median / 1e9)
 
