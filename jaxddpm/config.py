@@ -133,7 +133,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         levels, what = len(m.channel_mult) - 1, f"model.channel_mult={tuple(m.channel_mult)}"
     need(
         d.image_size > 0 and d.image_size % 2**levels == 0,
-        f"data.image_size={d.image_size} cannot be halved {levels} times by {what}; use a multiple of {2**levels}",
+        f"data.image_size={d.image_size} cannot be halved {levels} time{'s' if levels != 1 else ''} by {what}; use a multiple of {2**levels}",
     )
     need(m.upsample_impl in UPSAMPLE_IMPLS, f"model.upsample_impl={m.upsample_impl!r} is unknown; allowed: {', '.join(UPSAMPLE_IMPLS)}")
     need(m.conv_impl in CONV_IMPLS, f"model.conv_impl={m.conv_impl!r} is unknown; allowed: {', '.join(CONV_IMPLS)}")
