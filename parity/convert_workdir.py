@@ -66,11 +66,16 @@ def export_torch_checkpoint(workdir: str, out: str, weights: str = "ema") -> dic
     import jax
     import torch
 
-    from jaxddpm.generate import load_workdir
+    from jaxddpm import config as config_lib
+    from jaxddpm.generate import load_workdir, read_workdir_config
     from parity import convert
 
     if os.path.exists(out):
         raise FileExistsError(f"--out {out} exists; choose another path (files are never overwritten)")
+    name = read_workdir_config(workdir).model.name
+    if name != "simple_unet":
+        raise config_lib.ConfigError(f"--to-torch writes the article's SimpleUNet; {workdir} holds a {name} model "
+                                     "(--to-diffusers writes a ddpm_unet as a diffusers UNet2DModel)")
     _, state = load_workdir(workdir)
     params = state.ema_params if weights == "ema" else state.params
     variables = {"params": jax.device_get(params), "batch_stats": jax.device_get(state.batch_stats)}

@@ -63,3 +63,19 @@ def test_existing_outputs_are_never_overwritten(tiny_run, tmp_path, capsys):
     assert cli.main(["convert", "--from-torch", str(pt), "--out", workdir]) == 2
     assert sorted(os.listdir(workdir)) == before
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_ddpm_unet_workdir_is_refused_in_one_line(tiny_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    workdir = tmp_path / "unet"
+    shutil.copytree(tiny_run, workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    config["model"]["name"] = "ddpm_unet"
+    (workdir / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "model.pt"
+    assert cli.main(["convert", "--to-torch", str(workdir), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: --to-torch writes the article's SimpleUNet; {workdir} holds a ddpm_unet model "
+                                       "(--to-diffusers writes a ddpm_unet as a diffusers UNet2DModel)\n")
+    assert not out.exists()
