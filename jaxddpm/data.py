@@ -70,7 +70,8 @@ def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_digits(image_size: int, channels: int) -> ImageDataset:
-    """scikit-learn's bundled 8x8 handwritten digits (values 0..16), upscaled."""
+    """scikit-learn's bundled 8x8 handwritten digits (values 0..16), at ``image_size`` (8: as stored;
+    larger: upscaled with `resize`)."""
     digits, labels = _bundled_digits()
     small = np.round(digits * (255.0 / 16.0)).astype(np.uint8)
     images = np.stack([resize(Image.fromarray(im), image_size, channels) for im in small])

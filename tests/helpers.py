@@ -9,6 +9,8 @@ TINY_OVERRIDES = {
     "data.image_size": "8",
     "diffusion.num_timesteps": "10",
     "train.batch_size": "8",
+    "train.lr_schedule": "constant",  # the quickstart's warmup would outlast a tiny run
+    "train.warmup_steps": "0",
     "train.num_steps": "4",
     "train.log_every_steps": "2",
     "checkpoint.every_steps": "2",

@@ -16,9 +16,13 @@ set -euo pipefail
 # Every variant spells out the base it changes, so the commands do not move when the
 # quickstart config does. Round 1 changes the quickstart as it was before the U-Net (the
 # article's SimpleUNet, 2,000 steps at batch 64); round 2 changes the residual U-Net at 1,000
-# steps at batch 64 (the round-1 winner, `ddpm-unet`).
-SIMPLE="--config.model.name=simple_unet --config.model.channels=(32,64,128) --config.model.time_emb_dim=32 --config.train.batch_size=64 --config.train.num_steps=2000 --config.train.learning_rate=1e-3 --config.train.ema_decay=0.995"
-UNET="--config.model.name=ddpm_unet --config.model.base_channels=32 --config.model.channel_mult=(1,2,2) --config.model.num_res_blocks=1 --config.model.attention_resolutions=(4,) --config.model.dropout=0.0 --config.train.batch_size=64 --config.train.num_steps=1000 --config.train.learning_rate=1e-3 --config.train.ema_decay=0.995"
+# steps at batch 64 (the round-1 winner, `ddpm-unet`); round 3 models the digits at their own
+# 8x8 size instead of upscaled to 16x16 (NATIVE: the round-2 U-Net at batch 32, 4,000 steps).
+# Runs at 8x8 are also judged at 16x16 (judge_upscaled.py: their samples upscaled as the
+# dataset's images are, the 16x16 classifier and real images), on the scale of rounds 1-2.
+SIMPLE="--config.data.image_size=16 --config.train.lr_schedule=constant --config.train.warmup_steps=0 --config.model.name=simple_unet --config.model.channels=(32,64,128) --config.model.time_emb_dim=32 --config.train.batch_size=64 --config.train.num_steps=2000 --config.train.learning_rate=1e-3 --config.train.ema_decay=0.995"
+UNET="--config.data.image_size=16 --config.train.lr_schedule=constant --config.train.warmup_steps=0 --config.model.name=ddpm_unet --config.model.base_channels=32 --config.model.channel_mult=(1,2,2) --config.model.num_res_blocks=1 --config.model.attention_resolutions=(4,) --config.model.dropout=0.0 --config.train.batch_size=64 --config.train.num_steps=1000 --config.train.learning_rate=1e-3 --config.train.ema_decay=0.995"
+NATIVE="--config.data.image_size=8 --config.train.lr_schedule=constant --config.train.warmup_steps=0 --config.model.name=ddpm_unet --config.model.base_channels=32 --config.model.channel_mult=(1,2,2) --config.model.num_res_blocks=1 --config.model.attention_resolutions=(4,) --config.model.dropout=0.0 --config.train.batch_size=32 --config.train.num_steps=4000 --config.train.learning_rate=1e-3 --config.train.ema_decay=0.995"
 declare -A VARIANTS=(
   [base]="$SIMPLE"
   [cosine]="$SIMPLE --config.train.lr_schedule=cosine --config.train.warmup_steps=100"
@@ -38,14 +42,27 @@ declare -A VARIANTS=(
   [unet-batch32-ema0.99]="$UNET --config.train.batch_size=32 --config.train.num_steps=2000 --config.train.ema_decay=0.99"
   [unet-batch16]="$UNET --config.train.batch_size=16 --config.train.num_steps=3000"
   [unet-c16-batch32]="$UNET --config.model.base_channels=16 --config.train.batch_size=32 --config.train.num_steps=4000"
-  [quickstart]=""  # the shipped config as it is
   [unet-c48-batch32]="$UNET --config.model.base_channels=48 --config.train.batch_size=32 --config.train.num_steps=1000"
+  [unet-batch32-1800]="$UNET --config.train.batch_size=32 --config.train.num_steps=1800"  # the quickstart of round 2
+  [native-1800]="$NATIVE --config.train.num_steps=1800"
+  [native]="$NATIVE"
+  [native-cosine]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100"
+  [native-batch16]="$NATIVE --config.train.batch_size=16 --config.train.num_steps=6000"
+  [native-c48]="$NATIVE --config.model.base_channels=48 --config.train.num_steps=2400"
+  [native-cosine-dropout0.1]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.dropout=0.1"
+  [native-cosine-attn8]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.attention_resolutions=(8,4)"
+  [native-cosine-ema0.999]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.train.ema_decay=0.999"
+  [native-cosine-2levels-4900]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=4900"
+  [native-cosine-2levels]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=6500"
+  [quickstart]=""  # the shipped config as it is
 )
 VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]#"$SIMPLE"}"
 VARIANTS[ddpm-unet+cosine+ema]="${VARIANTS[ddpm-unet+cosine]} --config.train.ema_decay=0.998 --config.train.ema_start=100"
 ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.05 batch32 ddpm-unet ddpm-unet+cosine
        ddpm-unet+cosine+ema unet-scaled-betas unet-lr2e-3 unet-ema0.99 unet-batch32 unet-batch32-ema0.99 unet-batch16
-       unet-c16-batch32 unet-c48-batch32 quickstart)
+       unet-c16-batch32 unet-c48-batch32 unet-batch32-1800 native-1800 native native-cosine native-batch16 native-c48
+       native-cosine-dropout0.1 native-cosine-attn8 native-cosine-ema0.999 native-cosine-2levels-4900 native-cosine-2levels
+       quickstart)
 SEEDS=${SEEDS:-3}
 NUM=${NUM:-297}   # one group of the held-out set's size per seed
 # Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50).
@@ -63,5 +80,9 @@ for name in "${@:-${ORDER[@]}}"; do
   for sampler in "${SAMPLERS[@]}"; do
     # shellcheck disable=SC2086
     jaxddpm eval --workdir "$dir" --metric quality --seeds "$SEEDS" --num-samples "$NUM" $sampler | tee -a "$dir/eval.log"
+    if [ "$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"]["image_size"])' "$dir/config.json")" != 16 ]; then
+      # shellcheck disable=SC2086
+      python experiments/quickstart/judge_upscaled.py "$dir" --size 16 --seeds "$SEEDS" --num-samples "$NUM" $sampler | tee -a "$dir/eval.log"
+    fi
   done
 done
