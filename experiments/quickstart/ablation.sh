@@ -49,11 +49,11 @@ declare -A VARIANTS=(
   [native-cosine]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100"
   [native-batch16]="$NATIVE --config.train.batch_size=16 --config.train.num_steps=6000"
   [native-c48]="$NATIVE --config.model.base_channels=48 --config.train.num_steps=2400"
-  [native-cosine-dropout0.1]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.dropout=0.1"
-  [native-cosine-attn8]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.attention_resolutions=(8,4)"
-  [native-cosine-ema0.999]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.train.ema_decay=0.999"
-  [native-cosine-2levels-4900]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=4900"
-  [native-cosine-2levels]="${NATIVE} --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=6500"
+  [native-cosine-dropout0.1]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.dropout=0.1"
+  [native-cosine-attn8]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.attention_resolutions=(8,4)"
+  [native-cosine-ema0.999]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.train.ema_decay=0.999"
+  [native-cosine-2levels-4900]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=4900"
+  [native-cosine-2levels]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=6500"
   [quickstart]=""  # the shipped config as it is
 )
 VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]#"$SIMPLE"}"

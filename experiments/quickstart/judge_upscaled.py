@@ -55,8 +55,8 @@ def main() -> None:
     judge_data = pipe.config.data.copy_and_resolve_references()
     judge_data.image_size = args.size
     train_set, held_out = data.load_splits(judge_data)
-    options = {k: v for k, v in dict(sampler=args.sampler, steps=args.steps, eta=args.eta, clip_x0=args.clip_x0,
-                                                  variance=args.variance).items() if v is not None}
+    chosen = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, clip_x0=args.clip_x0, variance=args.variance)
+    options = {k: v for k, v in chosen.items() if v is not None}
     resolved, label = pipe.sampler_options(**options)
     per_seed = [evaluate.quality(Upscaled(pipe, args.size), train_set, held_out, num_samples=args.num_samples, seed=seed,
                                  batch_size=args.batch_size, sampler_options=options) for seed in range(args.seeds)]

@@ -9,8 +9,9 @@ experiments/quickstart/ (the ablation, its commands and its numbers):
   residual U-Net (GroupNorm, two levels, 8x8 and 4x4, attention at 4x4) far better ones;
 - 8x8, not upscaled: upscaled to 16x16 the images fill a 64-dimensional subspace of the 256
   pixel values, and what the network fails to remove in the other 192 directions stays in the
-  samples as speckle (above all with DDIM, which never re-draws noise); at 8x8 it models the
-  same information at 2.2x the steps per second (data.image_size=16 trains the upscaled one);
+  samples as speckle (above all with DDIM, which never re-draws noise); at 8x8 the same
+  network models the same information at 2.2x the steps per second (data.image_size=16
+  trains the upscaled digits);
 - batches of 32 (more updates for the images seen) and a cosine learning-rate decay after 100
   warmup steps (better DDIM samples).
 """
