@@ -54,6 +54,7 @@ declare -A VARIANTS=(
   [native-cosine-ema0.999]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.train.ema_decay=0.999"
   [native-cosine-2levels-4900]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=4900"
   [native-cosine-2levels]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=6500"
+  [native-cosine-2levels-lr2e-3]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.train.num_steps=6500 --config.train.learning_rate=2e-3"
   [native-cosine-2levels-2blocks]="$NATIVE --config.train.lr_schedule=cosine --config.train.warmup_steps=100 --config.model.channel_mult=(1,2) --config.model.num_res_blocks=2 --config.train.num_steps=4500"
   [quickstart]=""  # the shipped config as it is
 )
@@ -63,7 +64,7 @@ ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.0
        ddpm-unet+cosine+ema unet-scaled-betas unet-lr2e-3 unet-ema0.99 unet-batch32 unet-batch32-ema0.99 unet-batch16
        unet-c16-batch32 unet-c48-batch32 unet-batch32-1800 native-1800 native native-cosine native-batch16 native-c48
        native-cosine-dropout0.1 native-cosine-attn8 native-cosine-ema0.999 native-cosine-2levels-4900 native-cosine-2levels
-       native-cosine-2levels-2blocks quickstart)
+       native-cosine-2levels-lr2e-3 native-cosine-2levels-2blocks quickstart)
 SEEDS=${SEEDS:-3}
 NUM=${NUM:-297}   # one group of the held-out set's size per seed
 # Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50).
