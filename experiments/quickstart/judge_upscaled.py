@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from jaxddpm import data, evaluate
+from jaxddpm import cli, data, evaluate
 from jaxddpm.files import atomic_write
 from jaxddpm.pipeline import Pipeline
 
@@ -43,11 +43,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=16, help="the judge's image size (default 16)")
     p.add_argument("--num-samples", type=int, default=297)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sampler", choices=("ancestral", "ddim"))
-    p.add_argument("--steps", type=int)
-    p.add_argument("--eta", type=float)
-    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--variance", choices=("fixed_small", "fixed_large"))
+    cli._add_sampler_flags(p)  # jaxddpm eval's own sampler flags
     p.add_argument("--batch-size", type=int, default=250, help="samples per compiled call (jaxddpm eval's default)")
     args = p.parse_args()
 
@@ -55,8 +51,7 @@ def main() -> None:
     judge_data = pipe.config.data.copy_and_resolve_references()
     judge_data.image_size = args.size
     train_set, held_out = data.load_splits(judge_data)
-    chosen = dict(sampler=args.sampler, steps=args.steps, eta=args.eta, clip_x0=args.clip_x0, variance=args.variance)
-    options = {k: v for k, v in chosen.items() if v is not None}
+    options = {k: v for k, v in cli._sampler_options(args).items() if v is not None}
     resolved, label = pipe.sampler_options(**options)
     per_seed = [evaluate.quality(Upscaled(pipe, args.size), train_set, held_out, num_samples=args.num_samples, seed=seed,
                                  batch_size=args.batch_size, sampler_options=options) for seed in range(args.seeds)]
