@@ -30,7 +30,7 @@ KNOWN_PEAKS = {
 # (`--small`), and a tiny one that checks a harness, not a speed (`--quick`).
 FULL = dict(channels=(64, 128, 256, 512, 1024), image_size=64, image_channels=3, time_emb_dim=32, num_timesteps=300)
 SMALL = dict(FULL, channels=(16, 32, 64, 128, 256), image_size=32)
-QUICK = dict(channels=(4, 8, 16), image_size=16, image_channels=3, time_emb_dim=8, num_timesteps=10)
+QUICK = dict(channels=(4, 8), image_size=8, image_channels=3, time_emb_dim=8, num_timesteps=10)
 QUICKSTART = dict(channels=(32, 64, 128), image_size=16, image_channels=1, time_emb_dim=32, num_timesteps=300)
 
 

@@ -31,8 +31,12 @@ def test_readme_pipeline_example_runs(tiny_run, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_readme_functional_api_example_runs():
+    """As written but for the model's widths: 2 levels of 4 and 8 channels in place of the
+    quickstart's 3 (the same calls; a third of the time to compile)."""
+    block = python_block("make_schedule")
+    assert "channels=(32, 64, 128)" in block
     namespace: dict = {}
-    exec(compile(python_block("make_schedule"), str(README), "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(block.replace("channels=(32, 64, 128)", "channels=(4, 8)"), str(README), "exec"), namespace)  # noqa: S102
     assert namespace["images"].shape == (16, 16, 16, 1)
     assert namespace["x_t"].shape == (8, 16, 16, 1)
     assert int(namespace["state"].step) == 5 and namespace["metrics"]["loss"].shape == (4,)

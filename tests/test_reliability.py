@@ -62,8 +62,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert checkpoint_steps(workdir) == [2]
 
 
-# Big enough that a step takes milliseconds, so kills land at varied points of the run.
-KILL_RUN = dict(model__channels="(8, 16, 32)", data__image_size=16, train__batch_size=16, train__log_every_steps=5)
+# The tiny run (its compiled programs are shared with the other tests), logging often.
+KILL_RUN = dict(train__log_every_steps=5)
 
 
 def _start(workdir, steps, every):
@@ -82,8 +82,9 @@ def _logged_steps(workdir):
         return [json.loads(line)["step"] for line in f if line.endswith("\n")]
 
 
-def _wait_for_training(workdir, proc, timeout=120):
-    """Until the run has restored its state and logged a step beyond the one it started at."""
+def _wait_for_training(workdir, proc, timeout=120) -> int:
+    """Until the run has restored its state and logged a step beyond the one it started at;
+    returns that starting step."""
     for line in proc.stdout:
         if line.startswith("training "):
             after_step = int(line.rsplit("from step ", 1)[1])
@@ -93,7 +94,7 @@ def _wait_for_training(workdir, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if max(_logged_steps(workdir), default=0) > after_step:
-            return
+            return after_step
         time.sleep(0.01)
     raise AssertionError(f"training did not progress: {proc.communicate()}")
 
@@ -112,26 +113,36 @@ def test_sigterm_and_sigint_checkpoint_then_exit(tmp_path, sig):
     assert len(steps) == 1 and 0 < steps[0] < 100_000
 
 
-def _kill_when(workdir, proc, moment, rng, timeout=120):
-    """SIGKILL ``proc`` at a random moment of training or while a checkpoint is being written."""
+def _kill_when(workdir, proc, moment, rng, timeout=120) -> int:
+    """SIGKILL ``proc`` once it trains: at a random moment, while a checkpoint is being
+    written, or at a random moment after it has written a checkpoint of its own. Returns the
+    step the run had started from."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    _wait_for_training(workdir, proc, timeout)
-    if moment == "random":
-        time.sleep(float(rng.uniform(0.0, 1.0)))
-    else:  # the moment orbax's temporary directory for a step appears
-        deadline = time.time() + timeout
+    started_at = _wait_for_training(workdir, proc, timeout)
+    deadline = time.time() + timeout
+    if moment == "checkpoint":  # the moment orbax's temporary directory for a step appears
         while time.time() < deadline and proc.poll() is None:
             if os.path.isdir(ckpt_dir) and any("tmp" in name for name in os.listdir(ckpt_dir)):
                 break
             time.sleep(0.002)
+    else:
+        if moment == "after checkpoint":
+            while time.time() < deadline and proc.poll() is None:
+                if os.path.isdir(ckpt_dir) and max(checkpoint_steps(workdir), default=0) > started_at:
+                    break
+                time.sleep(0.01)
+        time.sleep(float(rng.uniform(0.0, 0.5)))
+    assert proc.poll() is None, f"the run ended before the kill ({moment})"
     proc.kill()
     proc.communicate(timeout=60)
+    return started_at
 
 
 @pytest.mark.slow
 def test_sigkill_at_any_moment_loses_nothing(tmp_path):
-    """3 SIGKILLs (2 at random moments, 1 during a checkpoint write), each followed by the
-    same command; the finished run must equal an uninterrupted one bit for bit."""
+    """3 SIGKILLs (after a checkpoint, during a checkpoint write, at a random moment), each
+    followed by the same command; the finished run must equal an uninterrupted one bit for
+    bit, and the runs after the first two kills must have resumed from a checkpoint."""
     from jaxddpm.generate import load_workdir
 
     steps, every = 300, 25
@@ -140,26 +151,27 @@ def test_sigkill_at_any_moment_loses_nothing(tmp_path):
     workdir = str(tmp_path / "killed")
     rng = np.random.default_rng(0)
     outcomes = []
-    for moment in ["random", "checkpoint", "random"]:
+    for moment in ["after checkpoint", "checkpoint", "random"]:
         proc = _start(workdir, steps, every)
-        _kill_when(workdir, proc, moment, rng)
+        started_at = _kill_when(workdir, proc, moment, rng)
         ckpts = checkpoint_steps(workdir) if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
         logged = _logged_steps(workdir)
-        outcomes.append((moment, proc.returncode, ckpts[-1] if ckpts else 0, max(logged, default=0)))
+        outcomes.append((moment, started_at, proc.returncode, ckpts[-1] if ckpts else 0, max(logged, default=0)))
         # At most one checkpoint interval of logged work is lost to the kill.
-        if ckpts:
-            assert max(logged, default=0) - ckpts[-1] <= every, outcomes
+        assert max(logged, default=0) - (ckpts[-1] if ckpts else 0) <= every, outcomes
     proc = _start(workdir, steps, every)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert all(code == -signal.SIGKILL for _, code, _, _ in outcomes), outcomes
-    # Each kill came after the previous resume had made progress.
-    assert all(b[3] > a[2] for a, b in zip(outcomes, outcomes[1:])), outcomes
+    assert all(code == -signal.SIGKILL for _, _, code, _, _ in outcomes), outcomes
+    # The second and third runs resumed from the checkpoints the kills left, and each kill
+    # came after its run had made progress.
+    assert outcomes[1][1] == outcomes[0][3] > 0 and outcomes[2][1] == outcomes[1][3] > 0, outcomes
+    assert all(o[4] > o[1] for o in outcomes), outcomes
     _, a = load_workdir(reference)
     _, b = load_workdir(workdir)
     assert int(b.step) == steps
     assert_same_state(a, b)
-    print("kill trials:", outcomes)
+    print("kill trials (moment, started at, exit code, last checkpoint, last logged step):", outcomes)
 
 
 @pytest.fixture
