@@ -32,7 +32,7 @@ def test_readme_pipeline_example_runs(tiny_run, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_readme_functional_api_example_runs():
     """As written but for the model's widths: 2 levels of 4 and 8 channels in place of the
-    quickstart's 3 (the same calls; a third of the time to compile)."""
+    quickstart's 3 (the same calls, fewer layers to compile)."""
     block = python_block("make_schedule")
     assert "channels=(32, 64, 128)" in block
     namespace: dict = {}
