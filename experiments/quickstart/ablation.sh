@@ -67,6 +67,8 @@ VARIANTS[native-cosine-2levels-lr2e-3-noattn]="$R4 --config.model.attention_reso
 VARIANTS[native-cosine-2levels-lr2e-3-c24-8000]="$R4 --config.model.base_channels=24 --config.model.norm_groups=24 --config.train.num_steps=8000"
 VARIANTS[native-cosine-2levels-lr3e-3-5500]="$R4 --config.train.learning_rate=3e-3 --config.train.num_steps=5500"
 VARIANTS[native-cosine-2levels-lr3e-3-4750]="$R4 --config.train.learning_rate=3e-3 --config.train.num_steps=4750"
+# Round 5: the shipped config (lr 3e-3, 5,500 steps) with GroupNorm 8 groups.
+VARIANTS[native-cosine-2levels-lr3e-3-5500-groups8]="${VARIANTS[native-cosine-2levels-lr3e-3-5500]} --config.model.norm_groups=8"
 VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]#"$SIMPLE"}"
 VARIANTS[ddpm-unet+cosine+ema]="${VARIANTS[ddpm-unet+cosine]} --config.train.ema_decay=0.998 --config.train.ema_start=100"
 ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.05 batch32 ddpm-unet ddpm-unet+cosine
@@ -75,7 +77,7 @@ ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.0
        native-cosine-dropout0.1 native-cosine-attn8 native-cosine-ema0.999 native-cosine-2levels-4900 native-cosine-2levels
        native-cosine-2levels-lr2e-3 native-cosine-2levels-2blocks native-cosine-2levels-lr2e-3-groups8
        native-cosine-2levels-lr2e-3-noattn native-cosine-2levels-lr2e-3-c24-8000 native-cosine-2levels-lr3e-3-5500
-       native-cosine-2levels-lr3e-3-4750 quickstart)
+       native-cosine-2levels-lr3e-3-4750 native-cosine-2levels-lr3e-3-5500-groups8 quickstart)
 SEEDS=${SEEDS:-3}
 NUM=${NUM:-297}   # one group of the held-out set's size per seed
 # Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50).
