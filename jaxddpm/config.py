@@ -156,6 +156,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(s.prediction in PREDICTIONS, f"diffusion.prediction={s.prediction!r} is unknown; allowed: {', '.join(PREDICTIONS)}")
     need(s.min_snr_gamma >= 0, f"diffusion.min_snr_gamma must not be negative, got {s.min_snr_gamma}")
     need(0.0 <= t.label_dropout < 1.0, f"train.label_dropout must lie in [0, 1), got {t.label_dropout}")
+    need(len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas),
+         f"train.adam_betas must be two values in [0, 1), got {tuple(t.adam_betas)}")
     need(t.grad_clip_norm >= 0, f"train.grad_clip_norm must not be negative, got {t.grad_clip_norm}")
     need(config.checkpoint.every_steps > 0, f"checkpoint.every_steps must be positive, got {config.checkpoint.every_steps}")
     need(config.checkpoint.keep > 0, f"checkpoint.keep must be positive, got {config.checkpoint.keep}")

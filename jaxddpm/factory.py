@@ -15,7 +15,8 @@ from jaxddpm import data, parallel
 from jaxddpm.kernels import ConvPolicy
 from jaxddpm.models import DDPMUNet, SimpleUNet
 from jaxddpm.schedule import Schedule, make_schedule
-from jaxddpm.train import TrainState, create_train_state, learning_rate_schedule, make_optimizer, train_step
+from jaxddpm.train import (TrainState, init_compiler_options, init_state, learning_rate_schedule, make_optimizer,
+                           train_step)
 
 
 def build_model(config: ml_collections.ConfigDict) -> SimpleUNet | DDPMUNet:
@@ -61,7 +62,7 @@ def build_optimizer(config: ml_collections.ConfigDict, total_steps: int = 0) -> 
     the optimizer state has the same structure whatever the number)."""
     t = config.train
     lr = learning_rate_schedule(t.learning_rate, t.lr_schedule, t.warmup_steps, total_steps or t.num_steps)
-    return make_optimizer(lr, t.grad_clip_norm or None)
+    return make_optimizer(lr, t.grad_clip_norm or None, tuple(t.adam_betas))
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -76,9 +77,9 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def create_sharded_state(model, tx, key: jax.Array, shape, mesh, mode: str = "replicated") -> TrainState:
     """`create_train_state` computed directly into its shardings on ``mesh``."""
-    create = lambda k: create_train_state(model, tx, k, shape)  # noqa: E731
+    create = functools.partial(init_state, model, tx, image_shape=shape)
     shardings = parallel.tree_shardings(jax.eval_shape(create, key), mesh, mode)
-    return jax.jit(create, out_shardings=shardings)(key)
+    return jax.jit(create, out_shardings=shardings, compiler_options=init_compiler_options())(key)
 
 
 def initial_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:

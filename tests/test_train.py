@@ -24,6 +24,17 @@ def setup():
     return model, tx, schedule, state, batch
 
 
+def test_every_initialisation_path_gives_the_same_state(setup):
+    from jaxddpm import factory, parallel
+
+    model, tx, _, state, _ = setup
+    sharded = factory.create_sharded_state(model, tx, jax.random.key(0), (16, 16, 1), parallel.make_mesh())
+    chex.assert_trees_all_equal(sharded, state)  # the same compiler options on both paths
+    # Traced inside another function it becomes part of that function's program.
+    shapes = jax.eval_shape(lambda k: jd.create_train_state(model, tx, k, (16, 16, 1)), jax.random.key(0))
+    chex.assert_trees_all_equal_shapes_and_dtypes(shapes, state)
+
+
 def compiled_step(model, tx, schedule, decay):
     """`jd.train_step` compiled without donating the state (op by op, one step of even this
     small model dispatches hundreds of separately compiled operations)."""
@@ -80,6 +91,23 @@ def test_learning_rate_schedules_and_ema_start():
     np.testing.assert_allclose([cosine(5), cosine(10), cosine(60), cosine(110)], [5e-4, 1e-3, 5e-4, 0.0], rtol=1e-5, atol=1e-9)
     assert ema_decay_at(jnp.int32(3), 0.99) == 0.99
     np.testing.assert_allclose([ema_decay_at(jnp.int32(s), 0.99, start=5) for s in (0, 3, 4, 9)], [0, 0, 0.99, 0.99])
+
+
+def test_adam_betas_reach_the_optimizer():
+    import optax
+
+    from jaxddpm import config as config_lib
+    from jaxddpm import factory
+
+    params, grads = {"w": jnp.ones(3)}, {"w": jnp.full(3, 2.0)}
+    moments = {}
+    for betas in ("(0.9, 0.999)", "(0.5, 0.75)"):
+        tx = factory.build_optimizer(config_lib.apply_overrides(config_lib.load_config("quickstart"), {"train.adam_betas": betas}))
+        _, opt_state = tx.update(grads, tx.init(params), params)
+        moments[betas] = [float(optax.tree_utils.tree_get(opt_state, name)["w"][0]) for name in ("mu", "nu")]
+    # After one step Adam's moments are (1 - b1) g and (1 - b2) g^2.
+    np.testing.assert_allclose(moments["(0.9, 0.999)"], [0.2, 0.004], rtol=1e-6)
+    np.testing.assert_allclose(moments["(0.5, 0.75)"], [1.0, 1.0], rtol=1e-6)
 
 
 def test_train_step_randomness_comes_from_key_and_step(setup):

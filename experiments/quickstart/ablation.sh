@@ -69,6 +69,13 @@ VARIANTS[native-cosine-2levels-lr3e-3-5500]="$R4 --config.train.learning_rate=3e
 VARIANTS[native-cosine-2levels-lr3e-3-4750]="$R4 --config.train.learning_rate=3e-3 --config.train.num_steps=4750"
 # Round 5: the shipped config (lr 3e-3, 5,500 steps) with GroupNorm 8 groups.
 VARIANTS[native-cosine-2levels-lr3e-3-5500-groups8]="${VARIANTS[native-cosine-2levels-lr3e-3-5500]} --config.model.norm_groups=8"
+Q="${VARIANTS[native-cosine-2levels-lr3e-3-5500]}"  # the shipped quickstart, spelled out
+VARIANTS[qs-lr5e-3]="$Q --config.train.learning_rate=5e-3"
+VARIANTS[qs-seed1]="$Q --config.train.seed=1"
+VARIANTS[qs-seed2]="$Q --config.train.seed=2"
+VARIANTS[qs-ema0.999]="$Q --config.train.ema_decay=0.999"
+VARIANTS[qs-b2-0.99]="$Q --config.train.adam_betas=(0.9,0.99)"
+VARIANTS[qs-noattn-6000]="$Q --config.model.attention_resolutions=() --config.train.num_steps=6000"
 VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]#"$SIMPLE"}"
 VARIANTS[ddpm-unet+cosine+ema]="${VARIANTS[ddpm-unet+cosine]} --config.train.ema_decay=0.998 --config.train.ema_start=100"
 ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.05 batch32 ddpm-unet ddpm-unet+cosine
@@ -77,7 +84,8 @@ ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.0
        native-cosine-dropout0.1 native-cosine-attn8 native-cosine-ema0.999 native-cosine-2levels-4900 native-cosine-2levels
        native-cosine-2levels-lr2e-3 native-cosine-2levels-2blocks native-cosine-2levels-lr2e-3-groups8
        native-cosine-2levels-lr2e-3-noattn native-cosine-2levels-lr2e-3-c24-8000 native-cosine-2levels-lr3e-3-5500
-       native-cosine-2levels-lr3e-3-4750 native-cosine-2levels-lr3e-3-5500-groups8 quickstart)
+       native-cosine-2levels-lr3e-3-4750 native-cosine-2levels-lr3e-3-5500-groups8 qs-lr5e-3 qs-seed1 qs-seed2 qs-ema0.999 qs-b2-0.99
+       qs-noattn-6000 quickstart)
 SEEDS=${SEEDS:-3}
 NUM=${NUM:-297}   # one group of the held-out set's size per seed
 # Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50).

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from jaxddpm import config as config_lib
-from jaxddpm import diffusion, factory
+from jaxddpm import diffusion, factory, train
 from parity import checks, reference
 
 
@@ -60,7 +60,7 @@ def quickstart_steps(mse, num_steps: int = 3):
     model, tx, schedule = factory.build_model(config), factory.build_optimizer(config), factory.build_schedule(config)
     init_key, data_key, step_key = factory.run_keys(0)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (256, 8, 8, 1)), jnp.uint8)
-    state = factory.create_train_state(model, tx, init_key, factory.image_shape(config))
+    state = train.create_train_state(model, tx, init_key, factory.image_shape(config))
     step = factory.make_train_step(model, tx, schedule, config)
     for _ in range(num_steps):
         state, _ = step(state, images, jnp.zeros((256,), jnp.int32), data_key, step_key)
