@@ -93,8 +93,8 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
 def init_compiler_options() -> dict[str, Any]:
     """XLA options for programs that initialise a train state: on the CPU, LLVM optimisation
     level 0. Such a program runs once and is mostly random-number generation, one generator
-    per parameter; level 0 compiles the quickstart's in a quarter of the time of XLA's default
-    (`python scripts/bench_init_compile.py`: 23.6 -> 6.9 s) and runs it in 0.1 s. The values
+    per parameter; level 0 compiles the quickstart's in 40% of the time of XLA's default
+    (`python scripts/bench_init_compile.py`: 11.8 -> 4.7 s) and runs it in 0.1 s. The values
     are the same distribution, bit for bit but for a last-place rounding in a few percent of
     them, so a state initialised from a key depends on this setting, as it does on the
     backend: every jaxddpm path that initialises a state compiles with it."""

@@ -9,6 +9,7 @@ Both are compiled from the same lowered program in one process, the default firs
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -16,7 +17,7 @@ import numpy as np
 
 from jaxddpm import config as config_lib
 from jaxddpm import factory
-from jaxddpm.train import init_compiler_options, state_from_variables
+from jaxddpm.train import init_compiler_options, init_state
 
 
 def main(argv=None) -> None:
@@ -27,10 +28,7 @@ def main(argv=None) -> None:
     c = config_lib.apply_overrides(config_lib.load_config(args.config), dict(kv.split("=", 1) for kv in args.overrides))
     model, tx, shape = factory.build_model(c), factory.build_optimizer(c), factory.image_shape(c)
 
-    def create(key):
-        x = jax.numpy.zeros((1, *shape), model.param_dtype)
-        return state_from_variables(model.init(key, x, jax.numpy.zeros((1,), jax.numpy.int32), train=False), tx)
-
+    create = functools.partial(init_state, model, tx, image_shape=shape)
     lowered = jax.jit(create).lower(jax.random.key(0))
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, config {args.config}, "
           f"{len(jax.tree.leaves(jax.eval_shape(create, jax.random.key(0)).params))} parameter arrays")

@@ -2,8 +2,8 @@
 
     python scripts/check_xla_opt_level.py [--levels default,2,0]
 
-The test suite compiles at level 2 (tests/conftest.py) because its programs compile about
-3.5 times faster there. This runs 4 training steps and a sampling chain of a small
+The test suite compiles at level 2 (tests/conftest.py) because its programs compile faster
+there. This runs 4 training steps and a sampling chain of a small
 SimpleUNet in one fresh process per level and prints each run's losses, a hash of every
 resulting array (parameters, optimizer state, samples; equal hashes mean equal bits) and the
 seconds its training program took to compile and run. The initialisation compiles at level 0
