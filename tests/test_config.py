@@ -47,7 +47,7 @@ def test_overrides_parse_to_the_fields_type():
     ],
 )
 def test_bad_overrides(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         config_lib.apply_overrides(config_lib.load_config("quickstart"), overrides)
 
 
