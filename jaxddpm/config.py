@@ -19,7 +19,7 @@ import ml_collections
 
 from jaxddpm import configs as configs_package
 from jaxddpm.kernels import CONV_IMPLS, UPSAMPLE_IMPLS
-from jaxddpm.options import DATA_SOURCES, DOWNSAMPLE_PADDINGS, DTYPES, LR_SCHEDULES, MODELS, PREDICTIONS, QKV_LAYOUTS, SAMPLERS, SHARDING_MODES, VARIANCES
+from jaxddpm.options import DATA_SOURCES, DOWNSAMPLE_PADDINGS, DTYPES, LR_SCHEDULES, MODELS, PREDICTIONS, QKV_LAYOUTS, SAMPLERS, SHARDING_MODES, TIMESTEP_SAMPLING, VARIANCES
 from jaxddpm.schedule import validate_schedule_args
 
 
@@ -158,6 +158,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(0.0 <= t.label_dropout < 1.0, f"train.label_dropout must lie in [0, 1), got {t.label_dropout}")
     need(len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas),
          f"train.adam_betas must be two values in [0, 1), got {tuple(t.adam_betas)}")
+    need(t.timestep_sampling in TIMESTEP_SAMPLING,
+         f"train.timestep_sampling={t.timestep_sampling!r} is unknown; allowed: {', '.join(TIMESTEP_SAMPLING)}")
     need(t.grad_clip_norm >= 0, f"train.grad_clip_norm must not be negative, got {t.grad_clip_norm}")
     need(config.checkpoint.every_steps > 0, f"checkpoint.every_steps must be positive, got {config.checkpoint.every_steps}")
     need(config.checkpoint.keep > 0, f"checkpoint.keep must be positive, got {config.checkpoint.keep}")

@@ -113,6 +113,7 @@ def make_train_step(model, tx, schedule, config: ml_collections.ConfigDict, mesh
     step_fn = functools.partial(
         train_step, model=model, tx=tx, schedule=schedule, ema_decay=t.ema_decay, ema_start=t.ema_start, label_dropout=t.label_dropout,
         prediction=config.diffusion.prediction, min_snr_gamma=config.diffusion.min_snr_gamma,
+        timestep_sampling=t.timestep_sampling,
     )
     conditional = config.model.num_classes > 0
 

@@ -7,6 +7,7 @@ DATA_SOURCES = ("tfds", "digits", "folder")
 MODELS = ("simple_unet", "ddpm_unet")
 SAMPLERS = ("ancestral", "ddim")
 LR_SCHEDULES = ("constant", "cosine")
+TIMESTEP_SAMPLING = ("uniform", "stratified")  # training timesteps: independent (the article's) | evenly covering [0, T)
 VARIANCES = ("fixed_small", "fixed_large")  # reverse-step variance: posterior (the article's) | beta_t
 DTYPES = ("float32", "bfloat16")
 PREDICTIONS = ("eps", "x0", "v")  # what a model's output estimates

@@ -95,7 +95,7 @@ def test_every_option_end_to_end_from_the_command_line(tmp_path, capsys):
         model__name="ddpm_unet", model__base_channels="8", model__channel_mult="(1, 2)", model__num_res_blocks="1",
         model__attention_resolutions="(4,)", model__norm_groups="4", model__num_classes="10",
         diffusion__schedule="cosine", diffusion__prediction="v", diffusion__min_snr_gamma="5.0",
-        sample__sampler="ddim", sample__steps="4", sample__guidance="2.0",
+        sample__sampler="ddim", sample__steps="4", sample__guidance="2.0", train__timestep_sampling="stratified",
     )
     assert cli.main(["train", "--workdir", workdir, *tiny_argv(**options)]) == 0
     out = str(tmp_path / "seven.png")

@@ -62,6 +62,7 @@ def test_bad_overrides(overrides, message):
         ({"train.batch_size": "0"}, "train.batch_size must be positive"),
         ({"train.adam_betas": "(0.9, 1.0)"}, "train.adam_betas must be two values in [0, 1), got (0.9, 1.0)"),
         ({"train.adam_betas": "(0.9,)"}, "train.adam_betas must be two values in [0, 1), got (0.9,)"),
+        ({"train.timestep_sampling": "sobol"}, "train.timestep_sampling='sobol' is unknown; allowed: uniform, stratified"),
         ({"data.source": "ftp"}, "data.source='ftp' is unknown; allowed: tfds, digits, folder"),
         ({"data.source": "folder"}, "data.path must name an image folder"),
         ({"model.dtype": "float16"}, "model.dtype='float16' is unknown"),

@@ -110,6 +110,28 @@ def test_adam_betas_reach_the_optimizer():
     np.testing.assert_allclose(moments["(0.5, 0.75)"], [1.0, 1.0], rtol=1e-6)
 
 
+def test_stratified_timesteps_cover_the_range_with_uniform_marginals():
+    from jaxddpm.train import draw_timesteps_and_noise, stratified_timesteps
+
+    T, B = 300, 32
+    one = np.sort(np.asarray(stratified_timesteps(jax.random.key(0), B, T)))
+    assert one.dtype == np.int32 and one.min() >= 0 and one.max() < T
+    assert set(np.diff(one)) <= {T // B, T // B + 1}  # one timestep in each 1/B of [0, T)
+    # Each position of the batch is uniform over [0, T) on its own (so the expected loss is
+    # the article's): 8,000 draws of a batch of 4 over T = 8, every count within 10% of 1,000.
+    draws = np.asarray(jax.vmap(lambda k: stratified_timesteps(k, 4, 8))(jax.random.split(jax.random.key(1), 8000)))
+    counts = np.stack([np.bincount(draws[:, i], minlength=8) for i in range(4)])
+    np.testing.assert_allclose(counts, 1000, rtol=0.1)
+    # Independent draws ("uniform") do not cover the range; the noise is drawn alike.
+    x0 = jnp.zeros((B, 2, 2, 1))
+    t_u, n_u = draw_timesteps_and_noise(jax.random.key(2), x0, T)
+    t_s, n_s = draw_timesteps_and_noise(jax.random.key(2), x0, T, "stratified")
+    assert not set(np.diff(np.sort(np.asarray(t_u)))) <= {T // B, T // B + 1}
+    np.testing.assert_array_equal(n_u, n_s)
+    with pytest.raises(ValueError, match="timestep sampling 'sobol' is unknown; allowed: uniform, stratified"):
+        draw_timesteps_and_noise(jax.random.key(2), x0, T, "sobol")
+
+
 def test_train_step_randomness_comes_from_key_and_step(setup):
     model, tx, schedule, state, batch = setup
     step = compiled_step(model, tx, schedule, 0.9)

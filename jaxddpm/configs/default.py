@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.warmup_steps = 0  # linear learning-rate warmup from 0 over this many steps
     c.train.adam_betas = (0.9, 0.999)  # Adam's (b1, b2): PyTorch's defaults, the article's
     c.train.grad_clip_norm = 0.0  # 0 = off
+    c.train.timestep_sampling = "uniform"  # uniform (the article's: independent draws) | stratified (a batch covers [0, T) evenly; same expected loss)
     c.train.num_epochs = 300
     c.train.num_steps = 0  # > 0 overrides num_epochs
     c.train.ema_decay = 0.999
