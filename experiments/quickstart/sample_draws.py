@@ -13,7 +13,8 @@ import argparse
 
 import numpy as np
 
-from jaxddpm import Pipeline, classifier, data, evaluate, metrics
+from jaxddpm import metrics
+from workdir_judge import load
 
 
 def main() -> None:
@@ -23,11 +24,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=297)
     parser.add_argument("--samplers", default="ancestral,ddim50")
     args = parser.parse_args()
-    pipe = Pipeline.from_workdir(args.workdir)
-    train_set, held_out = data.load_splits(pipe.config.data)
-    params = classifier.cached_classifier(train_set.images, train_set.labels, train_set.num_classes,
-                                          evaluate.default_cache_dir(pipe.config))
-    probs_fn, _ = classifier.classifier_fns(params, train_set.num_classes)
+    pipe, train_set, held_out, probs_fn = load(args.workdir)
 
     def describe(images):
         confident = metrics.classifier_score(probs_fn(images))["confident_share"]  # the evaluation's threshold, 0.9

@@ -36,7 +36,7 @@ def get_config():
     c.model.time_emb_dim = 32
     c.train.batch_size = 32
     c.train.num_epochs = 0
-    c.train.num_steps = 5500
+    c.train.num_steps = 6500
     c.train.learning_rate = 3e-3
     c.train.lr_schedule = "cosine"
     c.train.warmup_steps = 100
