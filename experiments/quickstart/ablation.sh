@@ -85,6 +85,7 @@ VARIANTS[qs-stratified-clip1]="$Q --config.train.timestep_sampling=stratified --
 VARIANTS[qs-6500]="$Q --config.train.num_steps=6500"  # the shipped quickstart since round 7
 VARIANTS[qs-noattn-6500]="$Q --config.model.attention_resolutions=() --config.train.num_steps=6500"
 VARIANTS[qs-6500-seed1]="$Q --config.train.num_steps=6500 --config.train.seed=1"
+VARIANTS[qs-6500-seed2]="$Q --config.train.num_steps=6500 --config.train.seed=2"
 VARIANTS[qs-stratified-seed1]="$Q --config.train.timestep_sampling=stratified --config.train.seed=1"
 VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]#"$SIMPLE"}"
 VARIANTS[ddpm-unet+cosine+ema]="${VARIANTS[ddpm-unet+cosine]} --config.train.ema_decay=0.998 --config.train.ema_start=100"
@@ -95,7 +96,7 @@ ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.0
        native-cosine-2levels-lr2e-3 native-cosine-2levels-2blocks native-cosine-2levels-lr2e-3-groups8
        native-cosine-2levels-lr2e-3-noattn native-cosine-2levels-lr2e-3-c24-8000 native-cosine-2levels-lr3e-3-5500
        native-cosine-2levels-lr3e-3-4750 native-cosine-2levels-lr3e-3-5500-groups8 qs-lr5e-3 qs-seed1 qs-seed2 qs-ema0.999 qs-b2-0.99
-       qs-noattn-6000 quickstart qs-stratified qs-clip1 qs-dropout0.1 qs-stratified-clip1 qs-stratified-seed1 qs-6500 qs-noattn-6500 qs-6500-seed1)
+       qs-noattn-6000 quickstart qs-stratified qs-clip1 qs-dropout0.1 qs-stratified-clip1 qs-stratified-seed1 qs-6500 qs-noattn-6500 qs-6500-seed1 qs-6500-seed2)
 SEEDS=${SEEDS:-3}
 NUM=${NUM:-297}   # one group of the held-out set's size per seed
 # Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50).
