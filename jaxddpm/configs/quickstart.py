@@ -42,7 +42,7 @@ def get_config():
     c.train.warmup_steps = 100
     c.train.ema_decay = 0.995
     c.train.log_every_steps = 250
-    c.checkpoint.every_steps = 500
+    c.checkpoint.every_steps = 1300  # five checkpoints; each write takes about a second here
     c.sample.every_steps = 0
     c.sample.num = 64
     return c
