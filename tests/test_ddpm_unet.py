@@ -28,3 +28,37 @@ def test_ddpm_unet_shapes_dropout_and_conditioning():
     evals = [apply_eval(params, y) for _ in range(2)]
     np.testing.assert_array_equal(evals[0], evals[1])
     assert not np.allclose(apply_eval(params, 1 - y), evals[0])
+
+
+def test_group_norm_matches_flax_in_value_and_gradient():
+    """`jaxddpm.models.GroupNorm` computes flax.linen.GroupNorm's function and gradients
+    (float64: to rounding; float32: to a few units in the last place), keeps bfloat16 compute
+    with float32 statistics, and names what is wrong with a bad input."""
+    import flax.linen as nn
+
+    from jaxddpm.models import GroupNorm
+
+    def compare(dtype, groups, shape, rtol):
+        ours, theirs = GroupNorm(groups, epsilon=1e-5, dtype=dtype, param_dtype=dtype), nn.GroupNorm(groups, epsilon=1e-5, dtype=dtype, param_dtype=dtype)
+        kx, ks, kb, kd = jax.random.split(jax.random.key(groups), 4)
+        x = (3.0 * jax.random.normal(kx, shape) + 2.0).astype(dtype)  # an offset mean tests the variance formula
+        params = {"scale": jax.random.normal(ks, shape[-1:], dtype), "bias": jax.random.normal(kb, shape[-1:], dtype)}
+        dy = jax.random.normal(kd, shape, dtype)
+
+        def run(module):
+            f = jax.jit(lambda p, x: module.apply({"params": p}, x))
+            y, vjp = jax.vjp(f, params, x)
+            return (y, *jax.tree.leaves(vjp(dy)))
+
+        for a, b in zip(run(ours), run(theirs)):
+            assert a.dtype == b.dtype == dtype
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * float(jnp.abs(b).max()))
+
+    compare(jnp.float32, 16, (2, 4, 4, 16), 2e-5)  # one channel per group, as in the quickstart
+    with jax.enable_x64(True):
+        compare(jnp.float64, 2, (2, 4, 4, 8), 1e-12)  # groups of 4 channels
+    x = jnp.linspace(-1, 1, 2 * 4 * 4 * 8).reshape(2, 4, 4, 8)
+    y, _ = GroupNorm(4, dtype=jnp.bfloat16).init_with_output(jax.random.key(0), x.astype(jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="8 channels 3 groups"):
+        GroupNorm(3).init(jax.random.key(0), x)

@@ -2,7 +2,7 @@
 original DDPM code. Both are called as ``model.apply(variables, x_t, t, train, labels=None)``."""
 
 from jaxddpm.models.ddpm_unet import DDPMUNet
-from jaxddpm.models.layers import BatchNorm, ConvTranspose4x4, label_embedding, sinusoidal_embedding
+from jaxddpm.models.layers import BatchNorm, ConvTranspose4x4, GroupNorm, group_norm, label_embedding, sinusoidal_embedding
 from jaxddpm.models.simple_unet import ConvBlock, SimpleUNet
 
-__all__ = ["BatchNorm", "ConvBlock", "ConvTranspose4x4", "DDPMUNet", "SimpleUNet", "label_embedding", "sinusoidal_embedding"]
+__all__ = ["BatchNorm", "ConvBlock", "ConvTranspose4x4", "DDPMUNet", "GroupNorm", "SimpleUNet", "group_norm", "label_embedding", "sinusoidal_embedding"]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxddpm.kernels import ConvPolicy, make_conv_general_dilated
-from jaxddpm.models.layers import label_embedding, sinusoidal_embedding
+from jaxddpm.models.layers import GroupNorm, label_embedding, sinusoidal_embedding
 
 Dtype = Any
 
@@ -47,7 +47,7 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         ckw = dict(kw, **_conv_kw(self.conv_policy))
-        norm = lambda c, name: nn.GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name=name, **kw)  # noqa: E731
+        norm = lambda c, name: GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name=name, **kw)  # noqa: E731
         h = norm(x.shape[-1], "norm1")(x)
         h = nn.Conv(self.features, (3, 3), padding=PAD1, name="conv1", **ckw)(nn.silu(h))
         h = h + nn.Dense(self.features, name="emb_proj", **kw)(nn.silu(emb))[:, None, None, :]
@@ -77,7 +77,7 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         b, hgt, wid, c = x.shape
-        h = nn.GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name="norm", **kw)(x).reshape(b, hgt * wid, c)
+        h = GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name="norm", **kw)(x).reshape(b, hgt * wid, c)
         if self.qkv_layout == "fused":
             q, k, v = jnp.split(nn.Dense(3 * c, name="qkv", **kw)(h), 3, axis=-1)
         else:
@@ -185,5 +185,5 @@ class DDPMUNet(nn.Module):
                 h = jax.image.resize(h, (b, 2 * hgt, 2 * wid, c), "nearest")
                 h = nn.Conv(c, (3, 3), padding=PAD1, name=f"up_{level}_resample", **ckw)(h)
 
-        h = nn.silu(nn.GroupNorm(_groups(h.shape[-1], self.norm_groups), epsilon=self.norm_eps, name="out_norm", **kw)(h))
+        h = nn.silu(GroupNorm(_groups(h.shape[-1], self.norm_groups), epsilon=self.norm_eps, name="out_norm", **kw)(h))
         return nn.Conv(self.out_channels, (3, 3), padding=PAD1, name="out_conv", kernel_init=nn.initializers.zeros, **ckw)(h)

@@ -1,8 +1,10 @@
 """Layers shared by the models: the sinusoidal time embedding, PyTorch-convention batch
-normalisation, the class-label embedding and the 4x4, stride-2 transposed convolution."""
+normalisation, group normalisation, the class-label embedding and the 4x4, stride-2
+transposed convolution."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -80,6 +82,83 @@ class BatchNorm(nn.Module):
         as_channels = (1,) * (x.ndim - 1) + (features,)
         mul, shift = mul.reshape(as_channels).astype(self.dtype), shift.reshape(as_channels).astype(self.dtype)
         return (x.astype(self.dtype) * mul + shift).astype(self.dtype)
+
+
+def _group_sums(a: jax.Array, groups: int) -> jax.Array:
+    """Sums of an NHWC array over each sample's pixels and channel group: (N, groups). The
+    pixels are summed first, per channel, and the few channels of a group after."""
+    n, h, w, c = a.shape
+    return jnp.sum(a.reshape(n, h * w, c), axis=1).reshape(n, groups, c // groups).sum(axis=-1)
+
+
+def _per_channel(a: jax.Array, channels: int) -> jax.Array:
+    """(N, groups) -> (N, 1, 1, channels): each group's value for each of its channels."""
+    return jnp.repeat(a, channels // a.shape[1], axis=1)[:, None, None, :]
+
+
+def _group_norm_forward(x, scale, bias, groups: int, epsilon: float):
+    c = x.shape[-1]
+    count = x.shape[1] * x.shape[2] * (c // groups)
+    mean = _group_sums(x, groups) / count
+    var = jnp.maximum(_group_sums(jnp.square(x), groups) / count - jnp.square(mean), 0.0)
+    inv = jax.lax.rsqrt(var + epsilon)
+    x_hat = (x - _per_channel(mean, c)) * _per_channel(inv, c)
+    return x_hat * scale.reshape(1, 1, 1, c) + bias.reshape(1, 1, 1, c), (x_hat, inv, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float) -> jax.Array:
+    """Group normalisation of an NHWC array: ``(x - mean) / sqrt(var + epsilon) * scale + bias``
+    with the mean and (biased) variance of each sample's pixels in each of ``groups`` equal
+    groups of channels; ``scale`` and ``bias`` have one value per channel.
+
+    The function of ``flax.linen.GroupNorm`` (and PyTorch's ``GroupNorm``), computed in
+    fewer and faster passes on XLA:CPU: the statistics sum over pixels before channels, and
+    the gradient is written out (two group sums of the cotangent) rather than left to
+    autodiff. The quickstart's training step takes about 10% less time than with Flax's
+    (``python scripts/bench_group_norm.py``; experiments/bench/README.md).
+    """
+    return _group_norm_forward(x, scale, bias, groups, epsilon)[0]
+
+
+def _group_norm_fwd(x, scale, bias, groups, epsilon):
+    return _group_norm_forward(x, scale, bias, groups, epsilon)
+
+
+def _group_norm_bwd(groups, epsilon, residuals, dy):
+    x_hat, inv, scale = residuals
+    c = dy.shape[-1]
+    count = dy.shape[1] * dy.shape[2] * (c // groups)
+    g = dy * scale.reshape(1, 1, 1, c)
+    mean_g = _group_sums(g, groups) / count
+    mean_gx = _group_sums(g * x_hat, groups) / count
+    dx = _per_channel(inv, c) * (g - _per_channel(mean_g, c) - x_hat * _per_channel(mean_gx, c))
+    return dx, jnp.sum(dy * x_hat, axis=(0, 1, 2)), jnp.sum(dy, axis=(0, 1, 2))
+
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
+class GroupNorm(nn.Module):
+    """``flax.linen.GroupNorm`` for NHWC inputs (the same parameters, ``scale`` and
+    ``bias``, and the same function up to float rounding), computed by `group_norm`.
+    Statistics are in float32 or wider whatever the compute dtype, as Flax's are."""
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        if x.ndim != 4 or c % self.num_groups:
+            raise ValueError(f"GroupNorm needs NHWC input whose {c} channels {self.num_groups} groups divide, got shape {x.shape}")
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        wide = jnp.promote_types(jnp.promote_types(x.dtype, jnp.float32), self.param_dtype)
+        y = group_norm(x.astype(wide), scale.astype(wide), bias.astype(wide), self.num_groups, self.epsilon)
+        return y.astype(self.dtype if self.dtype is not None else jnp.promote_types(x.dtype, self.param_dtype))
 
 
 def label_embedding(num_classes: int, features: int, labels: jax.Array | None, batch: int, **kw) -> jax.Array | float:
