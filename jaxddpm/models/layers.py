@@ -115,7 +115,7 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps
     The function of ``flax.linen.GroupNorm`` (and PyTorch's ``GroupNorm``), computed in
     fewer and faster passes on XLA:CPU: the statistics sum over pixels before channels, and
     the gradient is written out (two group sums of the cotangent) rather than left to
-    autodiff. The quickstart's training step takes about 10% less time than with Flax's
+    autodiff. The quickstart's training step takes 7-11% less time than with Flax's
     (``python scripts/bench_group_norm.py``; experiments/bench/README.md).
     """
     return _group_norm_forward(x, scale, bias, groups, epsilon)[0]
