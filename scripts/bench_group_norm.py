@@ -30,7 +30,10 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="quickstart")
     parser.add_argument("--reps", type=int, default=60)
     args = parser.parse_args(argv)
-    c = config_lib.load_config(args.config)
+    try:
+        c = config_lib.load_config(args.config)
+    except config_lib.ConfigError as e:
+        parser.error(str(e))
     if c.model.name != "ddpm_unet":
         parser.error(f"config {args.config} has model.name={c.model.name!r}; this compares ddpm_unet's normalisation")
     model, tx, schedule = factory.build_model(c), factory.build_optimizer(c), factory.build_schedule(c)
