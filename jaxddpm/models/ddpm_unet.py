@@ -38,6 +38,7 @@ class ResBlock(nn.Module):
     dropout: float = 0.0
     norm_groups: int = 32
     norm_eps: float = 1e-6
+    jvp_compatible: bool = False
     output_scale: float = 1.0  # the sum is divided by this (diffusers' output_scale_factor)
     conv_policy: ConvPolicy | None = None
     dtype: Dtype = jnp.float32
@@ -47,7 +48,8 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         ckw = dict(kw, **_conv_kw(self.conv_policy))
-        norm = lambda c, name: GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name=name, **kw)  # noqa: E731
+        norm = lambda c, name: GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name=name,  # noqa: E731
+                                         written_gradient=not self.jvp_compatible, **kw)
         h = norm(x.shape[-1], "norm1")(x)
         h = nn.Conv(self.features, (3, 3), padding=PAD1, name="conv1", **ckw)(nn.silu(h))
         h = h + nn.Dense(self.features, name="emb_proj", **kw)(nn.silu(emb))[:, None, None, :]
@@ -67,6 +69,7 @@ class AttentionBlock(nn.Module):
 
     norm_groups: int = 32
     norm_eps: float = 1e-6
+    jvp_compatible: bool = False
     head_dim: int = 0  # 0: one head
     qkv_layout: str = "fused"
     output_scale: float = 1.0
@@ -77,7 +80,8 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         b, hgt, wid, c = x.shape
-        h = GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name="norm", **kw)(x).reshape(b, hgt * wid, c)
+        h = GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name="norm", written_gradient=not self.jvp_compatible,
+                      **kw)(x).reshape(b, hgt * wid, c)
         if self.qkv_layout == "fused":
             q, k, v = jnp.split(nn.Dense(3 * c, name="qkv", **kw)(h), 3, axis=-1)
         else:
@@ -130,6 +134,9 @@ class DDPMUNet(nn.Module):
     # jaxddpm's forms (Winograd for 3x3 convolutions outside differentiation, 1x1 ones as
     # matrix products), which XLA:CPU runs faster, in float64 by far.
     conv_policy: ConvPolicy | None = None
+    # GroupNorm's gradient: written out (jaxddpm.models.GroupNorm, faster on XLA:CPU) or, with
+    # jvp_compatible, left to autodiff, so that jax.jvp (forward mode) works through the model.
+    jvp_compatible: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -141,7 +148,7 @@ class DDPMUNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, train: bool, labels: jax.Array | None = None) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        norm_kw = dict(norm_groups=self.norm_groups, norm_eps=self.norm_eps, **kw)
+        norm_kw = dict(norm_groups=self.norm_groups, norm_eps=self.norm_eps, jvp_compatible=self.jvp_compatible, **kw)
         block_kw = dict(dropout=self.dropout, conv_policy=self.conv_policy, **norm_kw)
         ckw = dict(kw, **_conv_kw(self.conv_policy))
         attn_kw = dict(head_dim=self.attention_head_dim, qkv_layout=self.qkv_layout, **norm_kw)
@@ -185,5 +192,6 @@ class DDPMUNet(nn.Module):
                 h = jax.image.resize(h, (b, 2 * hgt, 2 * wid, c), "nearest")
                 h = nn.Conv(c, (3, 3), padding=PAD1, name=f"up_{level}_resample", **ckw)(h)
 
-        h = nn.silu(GroupNorm(_groups(h.shape[-1], self.norm_groups), epsilon=self.norm_eps, name="out_norm", **kw)(h))
+        h = nn.silu(GroupNorm(_groups(h.shape[-1], self.norm_groups), epsilon=self.norm_eps, name="out_norm",
+                              written_gradient=not self.jvp_compatible, **kw)(h))
         return nn.Conv(self.out_channels, (3, 3), padding=PAD1, name="out_conv", kernel_init=nn.initializers.zeros, **ckw)(h)
