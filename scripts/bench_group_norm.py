@@ -1,6 +1,7 @@
 """Time the quickstart's training step with Flax's GroupNorm and with jaxddpm's
 (`jaxddpm.models.GroupNorm`: the same function, statistics summed over pixels first and a
-written-out gradient), compiled in one process and timed in turns.
+written-out gradient), compiled in one process and timed in turns. The Flax variant is what
+``DDPMUNet(jvp_compatible=True)`` computes.
 
     python scripts/bench_group_norm.py [--config quickstart] [--reps 60]
 
@@ -46,7 +47,7 @@ def main(argv=None) -> None:
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(5), p.shape, p.dtype), params)  # no zero layers
     runs, grads = {}, {}
     for name, norm in VARIANTS.items():
-        ddpm_unet.GroupNorm = norm  # looked up when the model is traced
+        ddpm_unet.GroupNorm = norm  # looked up when the model is traced (model.jvp_compatible is False)
         grads[name] = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x, t, False)))))(params)
         state = create_train_state(model, tx, jax.random.key(0), shape)
         step = factory.make_train_step(model, tx, schedule, c).lower(state, *step_args).compile()

@@ -28,6 +28,12 @@ def _conv_kw(policy: ConvPolicy | None) -> dict:
     return {} if policy is None else {"conv_general_dilated": make_conv_general_dilated(policy)}
 
 
+def _norm(jvp_compatible: bool) -> type[nn.Module]:
+    """The group normalisation a block uses: jaxddpm's (written-out gradient, faster on
+    XLA:CPU) or, for forward-mode autodiff, Flax's (the same function and parameters)."""
+    return nn.GroupNorm if jvp_compatible else GroupNorm
+
+
 def _groups(channels: int, max_groups: int) -> int:
     """The largest group count <= max_groups that divides ``channels``."""
     return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
@@ -48,8 +54,7 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         ckw = dict(kw, **_conv_kw(self.conv_policy))
-        norm = lambda c, name: GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name=name,  # noqa: E731
-                                         written_gradient=not self.jvp_compatible, **kw)
+        norm = lambda c, name: _norm(self.jvp_compatible)(_groups(c, self.norm_groups), epsilon=self.norm_eps, name=name, **kw)  # noqa: E731
         h = norm(x.shape[-1], "norm1")(x)
         h = nn.Conv(self.features, (3, 3), padding=PAD1, name="conv1", **ckw)(nn.silu(h))
         h = h + nn.Dense(self.features, name="emb_proj", **kw)(nn.silu(emb))[:, None, None, :]
@@ -80,8 +85,8 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         b, hgt, wid, c = x.shape
-        h = GroupNorm(_groups(c, self.norm_groups), epsilon=self.norm_eps, name="norm", written_gradient=not self.jvp_compatible,
-                      **kw)(x).reshape(b, hgt * wid, c)
+        norm = _norm(self.jvp_compatible)(_groups(c, self.norm_groups), epsilon=self.norm_eps, name="norm", **kw)
+        h = norm(x).reshape(b, hgt * wid, c)
         if self.qkv_layout == "fused":
             q, k, v = jnp.split(nn.Dense(3 * c, name="qkv", **kw)(h), 3, axis=-1)
         else:
@@ -134,8 +139,9 @@ class DDPMUNet(nn.Module):
     # jaxddpm's forms (Winograd for 3x3 convolutions outside differentiation, 1x1 ones as
     # matrix products), which XLA:CPU runs faster, in float64 by far.
     conv_policy: ConvPolicy | None = None
-    # GroupNorm's gradient: written out (jaxddpm.models.GroupNorm, faster on XLA:CPU) or, with
-    # jvp_compatible, left to autodiff, so that jax.jvp (forward mode) works through the model.
+    # Group normalisation: jaxddpm.models.GroupNorm (a written-out gradient, faster on
+    # XLA:CPU), or with jvp_compatible flax.linen.GroupNorm (the same function and parameters),
+    # which jax.jvp (forward-mode autodiff) can differentiate.
     jvp_compatible: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -192,6 +198,6 @@ class DDPMUNet(nn.Module):
                 h = jax.image.resize(h, (b, 2 * hgt, 2 * wid, c), "nearest")
                 h = nn.Conv(c, (3, 3), padding=PAD1, name=f"up_{level}_resample", **ckw)(h)
 
-        h = nn.silu(GroupNorm(_groups(h.shape[-1], self.norm_groups), epsilon=self.norm_eps, name="out_norm",
-                              written_gradient=not self.jvp_compatible, **kw)(h))
+        norm = _norm(self.jvp_compatible)(_groups(h.shape[-1], self.norm_groups), epsilon=self.norm_eps, name="out_norm", **kw)
+        h = nn.silu(norm(h))
         return nn.Conv(self.out_channels, (3, 3), padding=PAD1, name="out_conv", kernel_init=nn.initializers.zeros, **ckw)(h)

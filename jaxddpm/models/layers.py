@@ -142,17 +142,14 @@ group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 class GroupNorm(nn.Module):
     """``flax.linen.GroupNorm`` for NHWC inputs (the same parameters, ``scale`` and
     ``bias``, and the same function up to float rounding), computed by `group_norm`.
-    Statistics are in float32 or wider whatever the compute dtype, as Flax's are.
-
-    ``written_gradient=False`` leaves the gradient to autodiff of the same computation:
-    slower in reverse mode on XLA:CPU, but forward-mode autodiff (``jax.jvp``), which a
-    written-out gradient (``jax.custom_vjp``) does not support, works through it."""
+    Statistics are in float32 or wider whatever the compute dtype, as Flax's are. Its
+    written-out gradient (``jax.custom_vjp``) cannot be differentiated in forward mode
+    (``jax.jvp``); Flax's GroupNorm can."""
 
     num_groups: int = 32
     epsilon: float = 1e-6
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    written_gradient: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -162,8 +159,7 @@ class GroupNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         wide = jnp.promote_types(jnp.promote_types(x.dtype, jnp.float32), self.param_dtype)
-        normalise = group_norm if self.written_gradient else (lambda *args: _group_norm_forward(*args)[0])
-        y = normalise(x.astype(wide), scale.astype(wide), bias.astype(wide), self.num_groups, self.epsilon)
+        y = group_norm(x.astype(wide), scale.astype(wide), bias.astype(wide), self.num_groups, self.epsilon)
         return y.astype(self.dtype if self.dtype is not None else jnp.promote_types(x.dtype, self.param_dtype))
 
 
