@@ -40,6 +40,7 @@ def build_model(config: ml_collections.ConfigDict) -> SimpleUNet | DDPMUNet:
             attention_head_dim=m.attention_head_dim,
             qkv_layout=m.qkv_layout,
             mid_scale=m.mid_scale,
+            time_scale_shift=m.time_scale_shift,
             dtype=dtype,
         )
     return SimpleUNet(

@@ -28,21 +28,21 @@ _FIXED_UNET_FIELDS = {
     "act_fn": ("silu",),
     "time_embedding_type": ("positional",),
     "center_input_sample": (False,),
-    "resnet_time_scale_shift": ("default",),
     "add_attention": (True,),
     "class_embed_type": (None,),
     "num_class_embeds": (None,),
     "downsample_type": ("conv",),
     "upsample_type": ("conv",),
-    "attn_norm_num_groups": (None,),
     "num_train_timesteps": (None,),
     "mid_block_type": ("UNetMidBlock2D",),
 }
 _MAPPED_UNET_FIELDS = (
     "sample_size", "in_channels", "out_channels", "block_out_channels", "down_block_types", "up_block_types",
     "layers_per_block", "downsample_padding", "flip_sin_to_cos", "freq_shift", "mid_block_scale_factor",
-    "norm_eps", "norm_num_groups", "attention_head_dim", "dropout", "time_embedding_dim",
+    "norm_eps", "norm_num_groups", "attention_head_dim", "dropout", "time_embedding_dim", "resnet_time_scale_shift",
+    "attn_norm_num_groups",
 )
+_TIME_SCALE_SHIFT = {"default": False, "scale_shift": True}
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "quadratic", "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid"}
 _PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 _PADDINGS = {0: "after", 1: "both"}
@@ -99,6 +99,15 @@ def config_from_diffusers(unet: dict, scheduler: dict | None = None):
     _need(emb_dim in (None, 4 * base), f"time_embedding_dim={emb_dim} is not supported; allowed: null or {4 * base}")
     padding = unet.get("downsample_padding", 1)
     _need(padding in _PADDINGS, f"downsample_padding={padding!r} is not supported; allowed: 0, 1")
+    scale_shift = unet.get("resnet_time_scale_shift", "default")
+    _need(scale_shift in _TIME_SCALE_SHIFT,
+          f"UNet2DModel resnet_time_scale_shift={scale_shift!r} is not supported; allowed: {', '.join(map(repr, _TIME_SCALE_SHIFT))}")
+    # The middle attention block normalises with attn_norm_num_groups groups, or, when that is
+    # null, with norm_num_groups under "default" and not at all under "scale_shift".
+    attn_groups = unet.get("attn_norm_num_groups")
+    _need(attn_groups in (None, groups), f"attn_norm_num_groups={attn_groups} is not supported; allowed: null or norm_num_groups ({groups})")
+    _need(scale_shift == "default" or attn_groups == groups,
+          f"resnet_time_scale_shift='scale_shift' without attn_norm_num_groups={groups} (a middle attention without GroupNorm) is not supported")
     head_dim = unet.get("attention_head_dim", 8) or 0  # UNet2DModel's default is 8; null: one head
     _need(head_dim == 0 or all(c % head_dim == 0 for c in channels), f"attention_head_dim={head_dim} must divide every entry of block_out_channels")
 
@@ -113,6 +122,7 @@ def config_from_diffusers(unet: dict, scheduler: dict | None = None):
     m.time_flip_sin_to_cos, m.time_freq_shift = bool(unet.get("flip_sin_to_cos", True)), float(unet.get("freq_shift", 0))
     m.downsample_padding, m.norm_eps = _PADDINGS[padding], float(unet.get("norm_eps", 1e-5))
     m.attention_head_dim, m.qkv_layout, m.mid_scale = head_dim, "separate", float(unet.get("mid_block_scale_factor", 1))
+    m.time_scale_shift = _TIME_SCALE_SHIFT[scale_shift]
     _apply_scheduler(c, scheduler or {})
     return c
 
@@ -155,7 +165,8 @@ def diffusers_configs(config) -> tuple[dict, dict]:
         "layers_per_block": m.num_res_blocks, "mid_block_scale_factor": m.mid_scale,
         "downsample_padding": 1 if m.downsample_padding == "both" else 0, "downsample_type": "conv", "upsample_type": "conv",
         "dropout": m.dropout, "act_fn": "silu", "attention_head_dim": m.attention_head_dim or None, "norm_num_groups": m.norm_groups,
-        "norm_eps": m.norm_eps, "resnet_time_scale_shift": "default", "add_attention": True, "mid_block_type": "UNetMidBlock2D",
+        "norm_eps": m.norm_eps, "resnet_time_scale_shift": "scale_shift" if m.time_scale_shift else "default", "add_attention": True, "mid_block_type": "UNetMidBlock2D",
+        "attn_norm_num_groups": m.norm_groups if m.time_scale_shift else None,
     }
     scheduler = {
         "_class_name": "DDPMScheduler", "num_train_timesteps": d.num_timesteps, "beta_start": d.beta_start, "beta_end": d.beta_end,

@@ -43,6 +43,7 @@ CIFAR10_SCHEDULER = {"_class_name": "DDPMScheduler", "beta_end": 0.02, "beta_sch
                      "clip_sample": True, "num_train_timesteps": 1000, "trained_betas": None, "variance_type": "fixed_large"}
 TINY_UNET = dict(CIFAR10_UNET, block_out_channels=[16, 32], sample_size=8, norm_num_groups=8, attention_head_dim=8,
                  flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=2.0, norm_eps=1e-5,
+                 resnet_time_scale_shift="scale_shift", attn_norm_num_groups=8,
                  down_block_types=["AttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "AttnUpBlock2D"], layers_per_block=1)
 
 

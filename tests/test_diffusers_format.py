@@ -32,7 +32,8 @@ def test_the_cifar10_config_maps_to_ddpm_unet_options_and_back():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"resnet_time_scale_shift": "scale_shift"}, "UNet2DModel resnet_time_scale_shift='scale_shift' is not supported; allowed: 'default'"),
+    ({"resnet_time_scale_shift": "spatial"}, "UNet2DModel resnet_time_scale_shift='spatial' is not supported; allowed: 'default', 'scale_shift'"),
+    ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift='scale_shift' without attn_norm_num_groups=32"),
     ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}, "up_block_types must mirror down_block_types"),
     ({"downsample_padding": 2}, "downsample_padding=2 is not supported; allowed: 0, 1"),
     ({"block_out_channels": [128, 192, 256, 256]}, "block_out_channels=[128, 192, 256, 256] are not supported; allowed: multiples of the first"),

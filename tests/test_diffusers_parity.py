@@ -87,11 +87,13 @@ def test_the_reverse_conversion_loads_strictly_into_diffusers(cifar10, tmp_path,
 
 def test_the_options_beyond_the_cifar10_config_match_diffusers():
     """Multi-head attention, [cos, sin] embeddings with freq_shift 0, downsampling padded on
-    every side, a middle-block scale and GroupNorm epsilon 1e-5, in float32 and float64."""
+    every side, a middle-block scale, GroupNorm epsilon 1e-5 and the time embedding as a
+    scale and shift of the second GroupNorm, in float32 and float64."""
     configs = (dict(TINY_UNET), dict(diffusers_checks.CONFIGS["cifar10-32"][1]))
     setup = diffusers_checks.build("tiny", batch=2, configs=configs)
     m = setup.pipe.model
     assert (m.attention_head_dim, m.time_flip_sin_to_cos, m.time_freq_shift, m.downsample_padding, m.mid_scale) == (8, True, 0.0, "both", 2.0)
+    assert m.time_scale_shift
     results = diffusers_checks.check_forward(setup) + diffusers_checks.check_forward_float64(setup)
     assert all(r.passed for r in results), results
     assert np.isfinite([r.max_abs_diff for r in results]).all()

@@ -46,6 +46,7 @@ class ResBlock(nn.Module):
     norm_eps: float = 1e-6
     jvp_compatible: bool = False
     output_scale: float = 1.0  # the sum is divided by this (diffusers' output_scale_factor)
+    time_scale_shift: bool = False  # see DDPMUNet.time_scale_shift
     conv_policy: ConvPolicy | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -57,8 +58,15 @@ class ResBlock(nn.Module):
         norm = lambda c, name: _norm(self.jvp_compatible)(_groups(c, self.norm_groups), epsilon=self.norm_eps, name=name, **kw)  # noqa: E731
         h = norm(x.shape[-1], "norm1")(x)
         h = nn.Conv(self.features, (3, 3), padding=PAD1, name="conv1", **ckw)(nn.silu(h))
-        h = h + nn.Dense(self.features, name="emb_proj", **kw)(nn.silu(emb))[:, None, None, :]
-        h = norm(self.features, "norm2")(h)
+        if self.time_scale_shift:
+            scale, shift = jnp.split(nn.Dense(2 * self.features, name="emb_proj", **kw)(nn.silu(emb)), 2, axis=-1)
+            if self.jvp_compatible:  # Flax's GroupNorm, then the modulation
+                h = norm(self.features, "norm2")(h) * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
+            else:  # folded into the normalisation's scale and bias
+                h = norm(self.features, "norm2")(h, modulation=(scale, shift))
+        else:
+            h = h + nn.Dense(self.features, name="emb_proj", **kw)(nn.silu(emb))[:, None, None, :]
+            h = norm(self.features, "norm2")(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
         h = nn.Conv(self.features, (3, 3), padding=PAD1, name="conv2", kernel_init=nn.initializers.zeros, **ckw)(h)
         if x.shape[-1] != self.features:
@@ -135,6 +143,10 @@ class DDPMUNet(nn.Module):
     attention_head_dim: int = 0  # [attention_head_dim]; 0: one head
     qkv_layout: str = "fused"  # "separate": q, k, v projections as diffusers stores them
     mid_scale: float = 1.0  # [mid_block_scale_factor]
+    # The time (and class) embedding scales and shifts each block's second normalisation,
+    # h = norm(h) * (1 + scale) + shift (Nichol & Dhariwal 2021), instead of being added
+    # before it (Ho et al.'s) [resnet_time_scale_shift="scale_shift"].
+    time_scale_shift: bool = False
     # How convolutions are computed (same math): None is XLA's own; a `ConvPolicy` uses
     # jaxddpm's forms (Winograd for 3x3 convolutions outside differentiation, 1x1 ones as
     # matrix products), which XLA:CPU runs faster, in float64 by far.
@@ -155,7 +167,7 @@ class DDPMUNet(nn.Module):
     def __call__(self, x: jax.Array, t: jax.Array, train: bool, labels: jax.Array | None = None) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         norm_kw = dict(norm_groups=self.norm_groups, norm_eps=self.norm_eps, jvp_compatible=self.jvp_compatible, **kw)
-        block_kw = dict(dropout=self.dropout, conv_policy=self.conv_policy, **norm_kw)
+        block_kw = dict(dropout=self.dropout, conv_policy=self.conv_policy, time_scale_shift=self.time_scale_shift, **norm_kw)
         ckw = dict(kw, **_conv_kw(self.conv_policy))
         attn_kw = dict(head_dim=self.attention_head_dim, qkv_layout=self.qkv_layout, **norm_kw)
         emb_dim = 4 * self.base_channels

@@ -103,14 +103,15 @@ def _group_norm_forward(x, scale, bias, groups: int, epsilon: float):
     var = jnp.maximum(_group_sums(jnp.square(x), groups) / count - jnp.square(mean), 0.0)
     inv = jax.lax.rsqrt(var + epsilon)
     x_hat = (x - _per_channel(mean, c)) * _per_channel(inv, c)
-    return x_hat * scale.reshape(1, 1, 1, c) + bias.reshape(1, 1, 1, c), (x_hat, inv, scale)
+    return x_hat * scale.reshape(-1, 1, 1, c) + bias.reshape(-1, 1, 1, c), (x_hat, inv, scale)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, epsilon: float) -> jax.Array:
     """Group normalisation of an NHWC array: ``(x - mean) / sqrt(var + epsilon) * scale + bias``
     with the mean and (biased) variance of each sample's pixels in each of ``groups`` equal
-    groups of channels; ``scale`` and ``bias`` have one value per channel.
+    groups of channels; ``scale`` and ``bias`` have one value per channel, (C,), or one per
+    sample and channel, (N, C).
 
     The function of ``flax.linen.GroupNorm`` (and PyTorch's ``GroupNorm``), computed in
     fewer and faster passes on XLA:CPU: the statistics sum over pixels before channels, and
@@ -129,11 +130,12 @@ def _group_norm_bwd(groups, epsilon, residuals, dy):
     x_hat, inv, scale = residuals
     c = dy.shape[-1]
     count = dy.shape[1] * dy.shape[2] * (c // groups)
-    g = dy * scale.reshape(1, 1, 1, c)
+    g = dy * scale.reshape(-1, 1, 1, c)
     mean_g = _group_sums(g, groups) / count
     mean_gx = _group_sums(g * x_hat, groups) / count
     dx = _per_channel(inv, c) * (g - _per_channel(mean_g, c) - x_hat * _per_channel(mean_gx, c))
-    return dx, jnp.sum(dy * x_hat, axis=(0, 1, 2)), jnp.sum(dy, axis=(0, 1, 2))
+    axes = (1, 2) if scale.ndim == 2 else (0, 1, 2)  # per sample and channel, or per channel
+    return dx, jnp.sum(dy * x_hat, axis=axes), jnp.sum(dy, axis=axes)
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
@@ -144,7 +146,11 @@ class GroupNorm(nn.Module):
     ``bias``, and the same function up to float rounding), computed by `group_norm`.
     Statistics are in float32 or wider whatever the compute dtype, as Flax's are. Its
     written-out gradient (``jax.custom_vjp``) cannot be differentiated in forward mode
-    (``jax.jvp``); Flax's GroupNorm can."""
+    (``jax.jvp``); Flax's GroupNorm can.
+
+    ``modulation``, a pair (s, b) of (N, C) arrays, returns ``GroupNorm(x) * (1 + s) + b``
+    per sample (the adaptive GroupNorm of Nichol & Dhariwal 2021), folded into the
+    normalisation's own scale and bias rather than applied in another pass over x."""
 
     num_groups: int = 32
     epsilon: float = 1e-6
@@ -152,14 +158,21 @@ class GroupNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
+    def __call__(self, x: jax.Array, modulation: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        n, c = x.shape[0], x.shape[-1]
         if x.ndim != 4 or c % self.num_groups:
             raise ValueError(f"GroupNorm needs NHWC input with channels divisible by num_groups={self.num_groups}, got shape {x.shape}")
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         wide = jnp.promote_types(jnp.promote_types(x.dtype, jnp.float32), self.param_dtype)
-        y = group_norm(x.astype(wide), scale.astype(wide), bias.astype(wide), self.num_groups, self.epsilon)
+        scale, bias = scale.astype(wide), bias.astype(wide)
+        if modulation is not None:
+            if any(m.shape != (n, c) for m in modulation):
+                raise ValueError(f"GroupNorm modulation needs two arrays of shape {(n, c)} (samples, channels), "
+                                 f"got {[tuple(m.shape) for m in modulation]}")
+            s, b = (m.astype(wide) for m in modulation)
+            scale, bias = scale[None, :] * (1 + s), bias[None, :] * (1 + s) + b
+        y = group_norm(x.astype(wide), scale, bias, self.num_groups, self.epsilon)
         return y.astype(self.dtype if self.dtype is not None else jnp.promote_types(x.dtype, self.param_dtype))
 
 
