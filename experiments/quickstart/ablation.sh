@@ -90,6 +90,12 @@ VARIANTS[qs-6500-seed2]="$Q --config.train.num_steps=6500 --config.train.seed=2"
 # jaxddpm.models.GroupNorm (the same function as Flax's, rounded differently, so a new run).
 VARIANTS[qs-6500-groupnorm]="$Q --config.train.num_steps=6500"
 VARIANTS[qs-6500-groupnorm-seed1]="$Q --config.train.num_steps=6500 --config.train.seed=1"
+# Round 9: the shipped config with the time embedding scaling and shifting each block's second
+# GroupNorm (model.time_scale_shift), four training seeds.
+VARIANTS[qs-6500-scaleshift]="$Q --config.train.num_steps=6500 --config.model.time_scale_shift=True"
+VARIANTS[qs-6500-scaleshift-seed1]="$Q --config.train.num_steps=6500 --config.model.time_scale_shift=True --config.train.seed=1"
+VARIANTS[qs-6500-scaleshift-seed2]="$Q --config.train.num_steps=6500 --config.model.time_scale_shift=True --config.train.seed=2"
+VARIANTS[qs-6500-scaleshift-seed3]="$Q --config.train.num_steps=6500 --config.model.time_scale_shift=True --config.train.seed=3"
 VARIANTS[ddpm-unet+cosine]="${VARIANTS[ddpm-unet]} ${VARIANTS[cosine]#"$SIMPLE"}"
 VARIANTS[ddpm-unet+cosine+ema]="${VARIANTS[ddpm-unet+cosine]} --config.train.ema_decay=0.998 --config.train.ema_start=100"
 ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.05 batch32 ddpm-unet ddpm-unet+cosine
@@ -100,7 +106,8 @@ ORDER=(base cosine ema temb128 batch128 lr2e-3 schedule-cosine wide beta-end-0.0
        native-cosine-2levels-lr2e-3-noattn native-cosine-2levels-lr2e-3-c24-8000 native-cosine-2levels-lr3e-3-5500
        native-cosine-2levels-lr3e-3-4750 native-cosine-2levels-lr3e-3-5500-groups8 qs-lr5e-3 qs-seed1 qs-seed2 qs-ema0.999 qs-b2-0.99
        qs-noattn-6000 quickstart qs-stratified qs-clip1 qs-dropout0.1 qs-6500 qs-noattn-6500 qs-6500-seed1 qs-6500-seed2
-       qs-6500-groupnorm qs-6500-groupnorm-seed1)
+       qs-6500-groupnorm qs-6500-groupnorm-seed1 qs-6500-scaleshift qs-6500-scaleshift-seed1
+       qs-6500-scaleshift-seed2 qs-6500-scaleshift-seed3)
 SEEDS=${SEEDS:-3}
 NUM=${NUM:-297}   # one group of the held-out set's size per seed
 # Sampler settings evaluated, separated by ";" (default: ancestral and DDIM-50).

@@ -3,6 +3,7 @@
     python experiments/quickstart/round8/step_variants.py default "model.attention_resolutions=(4,8)"
     python experiments/quickstart/round8/step_variants.py default identity-norm identity-attention conv-policy-cpu
     python experiments/quickstart/round8/step_variants.py default opt-level-2 opt-level-1
+    python experiments/quickstart/round8/step_variants.py default "model.time_scale_shift=True"
 
 A variant is "default", config overrides KEY=VALUE (several joined with "/"),
 "identity-norm" (every GroupNorm replaced by a per-channel scale and bias),
@@ -36,9 +37,13 @@ class ScaleBias(nn.Module):
     param_dtype: object = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, modulation=None):
         c = x.shape[-1]
-        return x * self.param("scale", nn.initializers.ones, (c,)) + self.param("bias", nn.initializers.zeros, (c,))
+        y = x * self.param("scale", nn.initializers.ones, (c,)) + self.param("bias", nn.initializers.zeros, (c,))
+        if modulation is None:
+            return y
+        s, b = modulation
+        return y * (1 + s[:, None, None, :]) + b[:, None, None, :]
 
 
 class ResidualDense(nn.Module):
