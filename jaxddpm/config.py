@@ -213,8 +213,8 @@ def _defaults() -> ml_collections.ConfigDict:
 COMPATIBILITY_FIELDS = (
     "data.image_size", "data.channels", "data.holdout", "model.name", "model.num_classes", "model.channels", "model.time_emb_dim",
     "model.base_channels", "model.channel_mult", "model.num_res_blocks", "model.attention_resolutions",
-    "model.norm_groups", "model.qkv_layout", "model.time_scale_shift", "diffusion.prediction",
-    "diffusion.schedule", "diffusion.num_timesteps", "diffusion.beta_start", "diffusion.beta_end",
+    "model.norm_groups", "model.qkv_layout", "model.time_scale_shift", "model.upsample_conv",
+    "diffusion.prediction", "diffusion.schedule", "diffusion.num_timesteps", "diffusion.beta_start", "diffusion.beta_end",
     "train.seed", "train.batch_size", "train.learning_rate", "train.grad_clip_norm", "train.lr_schedule", "train.warmup_steps",
 )
 

@@ -41,6 +41,7 @@ def build_model(config: ml_collections.ConfigDict) -> SimpleUNet | DDPMUNet:
             qkv_layout=m.qkv_layout,
             mid_scale=m.mid_scale,
             time_scale_shift=m.time_scale_shift,
+            upsample_conv=m.upsample_conv,
             dtype=dtype,
         )
     return SimpleUNet(

@@ -151,6 +151,7 @@ def diffusers_configs(config) -> tuple[dict, dict]:
     m, d = config.model, config.diffusion
     _need(m.name == "ddpm_unet", f"model.name={m.name!r} has no diffusers counterpart; allowed: ddpm_unet")
     _need(m.num_classes == 0, "class-conditional models (model.num_classes > 0) have no UNet2DModel counterpart here")
+    _need(m.upsample_conv, "model.upsample_conv=False (upsampling without a convolution) has no UNet2DModel counterpart; allowed: True")
     channels = [m.base_channels * k for k in m.channel_mult]
     _need(all(ch % m.norm_groups == 0 for ch in channels), f"model.norm_groups={m.norm_groups} must divide every level's width {channels} for diffusers")
     schedules = {v: k for k, v in _BETA_SCHEDULES.items()}

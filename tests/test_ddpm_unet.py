@@ -18,6 +18,9 @@ def test_ddpm_unet_shapes_dropout_and_conditioning():
     variables = jax.jit(lambda k: model.init(k, x, t, False, y))(jax.random.key(0))
     names = set(variables["params"])
     assert {"down_1_attn_0", "up_1_attn_0", "mid_attn"} <= names and not {"down_0_attn_0", "up_0_attn_0"} & names  # 4x4 only
+    assert "up_1_resample" in names
+    no_conv = model.clone(upsample_conv=False)
+    assert "up_1_resample" not in jax.eval_shape(lambda k: no_conv.init(k, x, t, False, y), jax.random.key(0))["params"]
     apply_eval = jax.jit(lambda params, labels: model.apply({"params": params}, x, t, False, labels))
     apply_train = jax.jit(lambda params, key: model.apply({"params": params}, x, t, True, y, rngs={"dropout": key}))
     out = apply_eval(variables["params"], y)

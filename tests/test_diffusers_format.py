@@ -29,6 +29,10 @@ def test_the_cifar10_config_maps_to_ddpm_unet_options_and_back():
             assert scheduler[field] == value, field
     # Without a scheduler config: DDPMScheduler's defaults.
     assert df.config_from_diffusers(CIFAR10_UNET).sample.variance == "fixed_small"
+    # A model diffusers cannot express is refused in one line.
+    config.model.upsample_conv = False
+    with pytest.raises(df.DiffusersFormatError, match=r"^model.upsample_conv=False \(upsampling without a convolution\) has no UNet2DModel counterpart; allowed: True$"):
+        df.diffusers_configs(config)
 
 
 @pytest.mark.parametrize("change, message", [

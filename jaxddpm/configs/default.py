@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.1
     c.model.norm_groups = 32
     c.model.time_scale_shift = False  # the time embedding scales and shifts each block's second GroupNorm (not added)
+    c.model.upsample_conv = True  # a 3x3 convolution after each up level's nearest-neighbour upsampling
     # ddpm_unet options for other checkpoints of the family (jaxddpm convert --from-diffusers sets them):
     c.model.time_flip_sin_to_cos = False  # time embedding [cos, sin] instead of [sin, cos]
     c.model.time_freq_shift = 1.0  # frequencies exp(-k log(10000) / (dim/2 - shift))
