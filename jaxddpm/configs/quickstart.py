@@ -12,6 +12,10 @@ experiments/quickstart/ (the ablation, its commands and its numbers):
   samples as speckle (above all with DDIM, which never re-draws noise); at 8x8 the same
   network models the same information at 2.2x the steps per second (data.image_size=16
   trains the upscaled digits);
+- the time embedding scales and shifts each residual block's second GroupNorm (Nichol &
+  Dhariwal 2021) instead of being added before it: over four training runs, DDIM's samples
+  were judged confidently more often (0.948 of real against 0.944 over five runs of the
+  added form) for 1.2% more time per step;
 - batches of 32 (more updates for the images seen), a peak learning rate of 3e-3 (1e-3 in
   the article) and a cosine decay of it after 100 warmup steps (better DDIM samples).
 """
@@ -32,6 +36,7 @@ def get_config():
     c.model.num_res_blocks = 1
     c.model.attention_resolutions = (4,)
     c.model.dropout = 0.0
+    c.model.time_scale_shift = True  # the time embedding scales and shifts each block's second GroupNorm
     c.model.channels = (32, 64, 128)  # the article's SimpleUNet at this size: --config.model.name=simple_unet
     c.model.time_emb_dim = 32
     c.train.batch_size = 32
