@@ -42,8 +42,8 @@ def _groups(channels: int, max_groups: int) -> int:
 class SplitDense(nn.Module):
     """``nn.Dense(parts * features)``, with the same parameters, whose output comes in
     ``parts`` pieces of ``features``, each computed from its slice of the kernel. XLA:CPU runs
-    this faster than one product whose output is then sliced (2.4% against 6.7% more time per
-    quickstart training step for ``time_scale_shift``; experiments/quickstart/README.md)."""
+    this faster than one product whose output is then sliced (for ``time_scale_shift``, 1.2%
+    instead of 6.7% more time per quickstart training step; experiments/quickstart/README.md)."""
 
     features: int
     parts: int = 2
